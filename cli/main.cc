@@ -1,0 +1,255 @@
+// micromoe: one binary, one subcommand per job. Results go to stdout; logs,
+// progress and timings to stderr. Every failure prints a message and exits 1.
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <tbb/global_control.h>
+
+#include "base/str_cat.h"
+#include "kernels/cpu_features.h"
+#include "kernels/kernels.h"
+#include "runtime/generate.h"
+#include "runtime/model.h"
+
+namespace micromoe {
+namespace {
+
+using runtime::Model;
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+double PeakRssMiB() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// Escapes control characters so a piece prints on one line.
+std::string EscapePiece(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    switch (c) {
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      case '\\': out += "\\\\"; break;
+      default:
+        if (c < 0x20 || c == 0x7F) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\x%02x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out;
+}
+
+struct ThreadOption {
+  int threads = 0;
+  void Add(CLI::App* app) {
+    app->add_option("-t,--threads", threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+  }
+  std::unique_ptr<tbb::global_control> Apply() const {
+    const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    return std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, n);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path) {
+  std::fprintf(stderr, "loading %s\n", path.c_str());
+  return Model::Load(path);
+}
+
+int RunInspect(const std::string& path, bool cpu) {
+  if (cpu) {
+    const kernels::CpuFeatures& f = kernels::GetCpuFeatures();
+    std::printf("cpu: %s\n", f.brand.c_str());
+    std::printf("features: avx2=%d fma=%d f16c=%d avx512f=%d avx512bw=%d avx512vl=%d avx512vnni=%d avx512bf16=%d amx_tile=%d amx_int8=%d amx_bf16=%d\n",
+                f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl, f.avx512vnni, f.avx512bf16,
+                f.amx_tile, f.amx_int8, f.amx_bf16);
+    std::printf("kernels: %s\n", kernels::Active().name);
+    if (path.empty()) return 0;
+  }
+  auto model = Model::Load(path);
+  if (!model.ok()) return Fail(model.status());
+  const Model& m = **model;
+  const runtime::HParams& hp = m.hparams();
+  const gguf::File& f = m.file();
+  std::printf("file: %s (GGUF v%u, %llu bytes, %zu tensors, %zu metadata keys)\n", path.c_str(), f.version(),
+              static_cast<unsigned long long>(f.size()), f.tensors().size(), f.metadata().size());
+  std::printf("architecture: %s\n", hp.arch.c_str());
+  std::printf("parameters: %llu\n", static_cast<unsigned long long>(m.n_params()));
+  std::printf("vocab: %d\nembedding: %d\nlayers: %d\nheads: %d (kv %d, head dim %d)\n", hp.n_vocab, hp.n_embd,
+              hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim);
+  std::printf("ffn: %d\ncontext (trained): %d\nrope: dim %d, base %g, %s\nrms eps: %g\n", hp.n_ff, hp.n_ctx_train,
+              hp.rope_dim, hp.rope_base, hp.rope_style == runtime::RopeStyle::kNormal ? "normal" : "neox", hp.rms_eps);
+  if (hp.n_expert > 0) {
+    std::printf("experts: %d, used per token: %d, gating: %s%s\n", hp.n_expert, hp.n_expert_used,
+                "softmax", hp.gating.renormalize ? " + top-k renormalised" : "");
+    if (hp.n_ff_shared > 0) std::printf("shared expert: ffn %d, sigmoid gate\n", hp.n_ff_shared);
+  } else {
+    std::printf("experts: none (dense FFN)\n");
+  }
+  if (m.has_tokenizer()) {
+    std::printf("tokenizer: bos %d, eos %d, add bos %s\n", m.tokenizer().bos_id(), m.tokenizer().eos_id(),
+                m.tokenizer().add_bos() ? "yes" : "no");
+  }
+  std::printf("\n%-36s %-6s %-24s %12s\n", "tensor", "type", "shape", "bytes");
+  for (const auto& t : f.tensors()) {
+    std::string shape;
+    for (uint32_t d = 0; d < t.n_dims; ++d) shape += StrCat(d ? " x " : "", t.ne[d]);
+    std::printf("%-36s %-6s %-24s %12llu\n", t.name.c_str(), std::string(gguf::TypeName(t.type)).c_str(),
+                shape.c_str(), static_cast<unsigned long long>(t.n_bytes));
+  }
+  return 0;
+}
+
+int RunTokenize(const std::string& path, const std::string& text, bool ids_only, bool no_bos, bool special) {
+  auto model = LoadModel(path);
+  if (!model.ok()) return Fail(model.status());
+  const runtime::Tokenizer& tok = (*model)->tokenizer();
+  const std::vector<int32_t> ids = tok.Encode(text, tok.add_bos() && !no_bos, special);
+  if (ids_only) {
+    std::string out = "[";
+    for (size_t i = 0; i < ids.size(); ++i) out += StrCat(i ? ", " : "", ids[i]);
+    std::printf("%s]\n", out.c_str());
+  } else {
+    for (int32_t id : ids) std::printf("%d\t%s\n", id, EscapePiece(tok.Piece(id)).c_str());
+  }
+  return 0;
+}
+
+struct GenerateArgs {
+  std::string model, prompt;
+  int n = 64;
+  int n_ctx = 0;
+  runtime::SamplingOptions sampling;
+  bool seed_given = false;
+};
+
+int RunGenerate(const GenerateArgs& a) {
+  auto model = LoadModel(a.model);
+  if (!model.ok()) return Fail(model.status());
+  const Model& m = **model;
+  runtime::GenerateOptions opts;
+  opts.max_tokens = a.n;
+  opts.n_ctx = a.n_ctx;
+  opts.sampling = a.sampling;
+  if (!a.seed_given) opts.sampling.seed = std::random_device{}();
+  if (a.prompt.empty()) return Fail(absl::InvalidArgumentError("the prompt (-p) is empty"));
+  const std::vector<int32_t> prompt = m.tokenizer().Encode(a.prompt, m.tokenizer().add_bos(), false);
+  if (prompt.empty()) return Fail(absl::InvalidArgumentError("the prompt has no tokens"));
+  runtime::Utf8Stream stream;
+  auto result = runtime::Generate(m, prompt, opts, [&](int32_t id) {
+    std::fputs(stream.Push(m.tokenizer().TokenToBytes(id)).c_str(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  if (!result.ok()) return Fail(result.status());
+  std::printf("%s\n", stream.Flush().c_str());
+  const auto& r = *result;
+  std::fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f t/s); generated: %zu tokens in %.3f s (%.1f t/s); finish: %s; seed %llu\n",
+               prompt.size(), r.prefill_seconds, prompt.size() / std::max(r.prefill_seconds, 1e-9), r.tokens.size(),
+               r.decode_seconds, r.tokens.size() / std::max(r.decode_seconds, 1e-9), runtime::FinishReasonName(r.finish),
+               static_cast<unsigned long long>(opts.sampling.seed));
+  std::fprintf(stderr, "peak resident memory: %.1f MiB (model file %.1f MiB)\n", PeakRssMiB(), m.file().size() / 1048576.0);
+  return 0;
+}
+
+int RunPerplexity(const std::string& path, const std::string& text_file, int n_ctx) {
+  auto model = LoadModel(path);
+  if (!model.ok()) return Fail(model.status());
+  std::ifstream in(text_file, std::ios::binary);
+  if (!in) return Fail(absl::NotFoundError(StrCat("cannot read text file '", text_file, "'")));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const runtime::Tokenizer& tok = (*model)->tokenizer();
+  const std::vector<int32_t> tokens = tok.Encode(ss.str(), tok.add_bos(), false);
+  std::fprintf(stderr, "%zu tokens, %zu chunks of %d\n", tokens.size(), tokens.size() / std::max(n_ctx, 1), n_ctx);
+  auto r = runtime::Perplexity(**model, tokens, n_ctx, [](int chunk, double ppl) {
+    std::fprintf(stderr, "[%d]%.4f ", chunk + 1, ppl);
+  });
+  std::fprintf(stderr, "\n");
+  if (!r.ok()) return Fail(r.status());
+  std::printf("chunks: %d, scored tokens: %llu\n", r->n_chunks, static_cast<unsigned long long>(r->n_scored));
+  std::printf("Final estimate: PPL = %.4f +/- %.4f\n", r->ppl, r->ppl_stderr);
+  return 0;
+}
+
+}  // namespace
+}  // namespace micromoe
+
+int main(int argc, char** argv) {
+  using namespace micromoe;
+  CLI::App app{"micromoe: Mixture-of-Experts inference on CPUs and edge clusters"};
+  app.require_subcommand(1);
+
+  std::string model_path, inspect_path;
+  bool inspect_cpu = false;
+  CLI::App* inspect = app.add_subcommand("inspect", "validate a GGUF model and print its architecture and tensors");
+  inspect->add_option("model", inspect_path, "GGUF model file");
+  inspect->add_flag("--cpu", inspect_cpu, "print the CPU features and the kernels chosen");
+
+  std::string text;
+  bool ids_only = false, no_bos = false, special = false;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "print the tokens of a text");
+  tokenize->add_option("-m,--model", model_path, "GGUF model file")->required();
+  tokenize->add_option("-p,--prompt", text, "text to tokenize")->required();
+  tokenize->add_flag("--ids", ids_only, "print only the ids, as one JSON array");
+  tokenize->add_flag("--no-bos", no_bos, "do not add BOS");
+  tokenize->add_flag("--special", special, "parse special-token text as special tokens");
+
+  GenerateArgs gen;
+  ThreadOption gen_threads;
+  CLI::App* generate = app.add_subcommand("generate", "continue a prompt");
+  generate->add_option("-m,--model", gen.model, "GGUF model file")->required();
+  generate->add_option("-p,--prompt", gen.prompt, "prompt text")->required();
+  generate->add_option("-n,--n-predict", gen.n, "tokens to generate (default 64)")->check(CLI::Range(0, 1 << 20));
+  generate->add_option("-c,--ctx-size", gen.n_ctx, "context size (default: prompt + n, at most the model's)")->check(CLI::Range(0, 1 << 20));
+  generate->add_option("--temp", gen.sampling.temperature, "temperature (0: greedy; default 0.8)");
+  generate->add_option("--top-k", gen.sampling.top_k, "keep the k most likely tokens (0: all; default 40)");
+  generate->add_option("--top-p", gen.sampling.top_p, "nucleus probability mass (default 0.95)");
+  auto* seed = generate->add_option("--seed", gen.sampling.seed, "random seed (default: random)");
+  gen_threads.Add(generate);
+
+  std::string text_file;
+  int ppl_ctx = 512;
+  ThreadOption ppl_threads;
+  CLI::App* perplexity = app.add_subcommand("perplexity", "perplexity of a text file");
+  perplexity->add_option("-m,--model", model_path, "GGUF model file")->required();
+  perplexity->add_option("-f,--file", text_file, "text file")->required();
+  perplexity->add_option("-c,--ctx-size", ppl_ctx, "tokens per chunk (default 512)")->check(CLI::Range(4, 1 << 20));
+  ppl_threads.Add(perplexity);
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (*inspect) {
+    if (inspect_path.empty() && !inspect_cpu) {
+      std::fprintf(stderr, "error: inspect needs a model file (or --cpu)\n");
+      return 1;
+    }
+    return RunInspect(inspect_path, inspect_cpu);
+  }
+  if (*tokenize) return RunTokenize(model_path, text, ids_only, no_bos, special);
+  if (*generate) {
+    gen.seed_given = seed->count() > 0;
+    auto control = gen_threads.Apply();
+    return RunGenerate(gen);
+  }
+  if (*perplexity) {
+    auto control = ppl_threads.Apply();
+    return RunPerplexity(model_path, text_file, ppl_ctx);
+  }
+  return 1;
+}

@@ -1,0 +1,39 @@
+#include "experts/local_expert.h"
+
+#include <cmath>
+#include <vector>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+namespace micromoe::experts {
+
+void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x,
+                    float* y, int64_t ldy) {
+  // About 64K multiply-adds per task keeps scheduling overhead small.
+  const int64_t work_per_row = std::max<int64_t>(1, w.cols * n_x);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / work_per_row);
+  if (grain >= w.rows) {
+    kernels::MatMulRows(w, x, ldx, n_x, y, ldy, 0, w.rows);
+    return;
+  }
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, grain),
+                    [&](const tbb::blocked_range<int64_t>& r) {
+                      kernels::MatMulRows(w, x, ldx, n_x, y, ldy, r.begin(), r.end());
+                    });
+}
+
+LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kernels::MatrixView down)
+    : gate_(gate), up_(up), down_(down) {}
+
+absl::Status LocalExpert::Forward(const float* in, int64_t n_rows, float* out) const {
+  const int64_t ff = gate_.rows;
+  std::vector<float> g(static_cast<size_t>(n_rows) * ff), u(g.size());
+  ParallelMatMul(gate_, in, dim(), n_rows, g.data(), ff);
+  ParallelMatMul(up_, in, dim(), n_rows, u.data(), ff);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  ParallelMatMul(down_, g.data(), ff, n_rows, out, dim());
+  return absl::OkStatus();
+}
+
+}  // namespace micromoe::experts

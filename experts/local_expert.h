@@ -1,0 +1,28 @@
+// A SwiGLU feed-forward expert on weights in the mapping:
+// out = down( silu(gate(x)) * up(x) ).
+#pragma once
+
+#include "experts/expert.h"
+#include "kernels/kernels.h"
+
+namespace micromoe::experts {
+
+class LocalExpert final : public Expert {
+ public:
+  // gate, up: [ffn rows x dim cols]; down: [dim rows x ffn cols].
+  LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kernels::MatrixView down);
+
+  absl::Status Forward(const float* in, int64_t n_rows, float* out) const override;
+  int64_t dim() const override { return gate_.cols; }
+  int64_t ffn_dim() const { return gate_.rows; }
+
+ private:
+  kernels::MatrixView gate_, up_, down_;
+};
+
+// Multiplies `w` by n_x rows of x into y, splitting output rows across the
+// oneTBB workers when the work is big enough to pay for it.
+void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x,
+                    float* y, int64_t ldy);
+
+}  // namespace micromoe::experts

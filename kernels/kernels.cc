@@ -1,0 +1,146 @@
+#include "kernels/kernels.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "kernels/quant.h"
+
+namespace micromoe::kernels {
+namespace {
+
+using gguf::TensorType;
+
+void GetScaleMinK4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+void Q4_KToF32(const void* src, float* y, int64_t n) {
+  const BlockQ4_K* b = static_cast<const BlockQ4_K*>(src);
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const float d = Fp16ToFp32(b[i].d), dmin = Fp16ToFp32(b[i].dmin);
+    const uint8_t* q = b[i].qs;
+    for (int j = 0, is = 0; j < kQK_K; j += 64, is += 2) {
+      uint8_t sc, m;
+      GetScaleMinK4(is, b[i].scales, &sc, &m);
+      const float d1 = d * sc, m1 = dmin * m;
+      GetScaleMinK4(is + 1, b[i].scales, &sc, &m);
+      const float d2 = d * sc, m2 = dmin * m;
+      for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 0xF) - m1;
+      for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
+      q += 32;
+    }
+  }
+}
+
+void Q5_KToF32(const void* src, float* y, int64_t n) {
+  const BlockQ5_K* b = static_cast<const BlockQ5_K*>(src);
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const float d = Fp16ToFp32(b[i].d), dmin = Fp16ToFp32(b[i].dmin);
+    const uint8_t* ql = b[i].qs;
+    const uint8_t* qh = b[i].qh;
+    uint8_t u1 = 1, u2 = 2;
+    for (int j = 0, is = 0; j < kQK_K; j += 64, is += 2) {
+      uint8_t sc, m;
+      GetScaleMinK4(is, b[i].scales, &sc, &m);
+      const float d1 = d * sc, m1 = dmin * m;
+      GetScaleMinK4(is + 1, b[i].scales, &sc, &m);
+      const float d2 = d * sc, m2 = dmin * m;
+      for (int l = 0; l < 32; ++l) *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+      for (int l = 0; l < 32; ++l) *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+      ql += 32;
+      u1 <<= 2;
+      u2 <<= 2;
+    }
+  }
+}
+
+void Q6_KToF32(const void* src, float* y, int64_t n) {
+  const BlockQ6_K* b = static_cast<const BlockQ6_K*>(src);
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const float d = Fp16ToFp32(b[i].d);
+    const uint8_t* ql = b[i].ql;
+    const uint8_t* qh = b[i].qh;
+    const int8_t* sc = b[i].scales;
+    for (int half = 0; half < 2; ++half) {
+      for (int l = 0; l < 32; ++l) {
+        const int is = l / 16;
+        const int q1 = static_cast<int8_t>((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = static_cast<int8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = static_cast<int8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = static_cast<int8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        y[l] = d * sc[is] * q1;
+        y[l + 32] = d * sc[is + 2] * q2;
+        y[l + 64] = d * sc[is + 4] * q3;
+        y[l + 96] = d * sc[is + 6] * q4;
+      }
+      y += 128;
+      ql += 64;
+      qh += 32;
+      sc += 8;
+    }
+  }
+}
+
+const KernelSet& Choose() {
+  if (const KernelSet* k = Avx512Kernels()) return *k;
+  if (const KernelSet* k = Avx2Kernels()) return *k;
+  return ScalarKernels();
+}
+
+}  // namespace
+
+bool IsSupportedWeightType(TensorType type) {
+  switch (type) {
+    case TensorType::kF32: case TensorType::kF16: case TensorType::kBF16:
+    case TensorType::kQ8_0: case TensorType::kQ4_0:
+    case TensorType::kQ4_K: case TensorType::kQ5_K: case TensorType::kQ6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+const KernelSet& Active() {
+  static const KernelSet& ks = Choose();
+  return ks;
+}
+
+void DequantizeRow(TensorType type, const void* src, float* dst, int64_t n, const KernelSet& ks) {
+  switch (type) {
+    case TensorType::kF32: std::copy_n(static_cast<const float*>(src), n, dst); break;
+    case TensorType::kF16: ks.f16_to_f32(src, dst, n); break;
+    case TensorType::kBF16: ks.bf16_to_f32(src, dst, n); break;
+    case TensorType::kQ8_0: ks.q8_0_to_f32(src, dst, n); break;
+    case TensorType::kQ4_0: ks.q4_0_to_f32(src, dst, n); break;
+    case TensorType::kQ4_K: Q4_KToF32(src, dst, n); break;
+    case TensorType::kQ5_K: Q5_KToF32(src, dst, n); break;
+    case TensorType::kQ6_K: Q6_KToF32(src, dst, n); break;
+    default: break;  // unreachable: model loading rejects unsupported types
+  }
+}
+
+void MatMulRows(const MatrixView& w, const float* x, int64_t ldx, int64_t n_x, float* y,
+                int64_t ldy, int64_t o_begin, int64_t o_end, const KernelSet& ks) {
+  if (w.type == TensorType::kF32) {
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      const float* wr = reinterpret_cast<const float*>(w.row(o));
+      for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = ks.dot_f32(wr, x + r * ldx, w.cols);
+    }
+    return;
+  }
+  // Convert each weight row once, then use it for every activation row.
+  thread_local std::vector<float> row;
+  if (static_cast<int64_t>(row.size()) < w.cols) row.resize(w.cols);
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    DequantizeRow(w.type, w.row(o), row.data(), w.cols, ks);
+    for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = ks.dot_f32(row.data(), x + r * ldx, w.cols);
+  }
+}
+
+}  // namespace micromoe::kernels

@@ -1,0 +1,171 @@
+#include "runtime/forward.h"
+
+#include <cmath>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+#include "base/str_cat.h"
+#include "experts/local_expert.h"
+#include "runtime/expert_executor.h"
+
+namespace micromoe::runtime {
+namespace {
+
+void RmsNorm(const float* x, const float* w, int n, float eps, float* out) {
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  const float scale = 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
+  for (int i = 0; i < n; ++i) out[i] = x[i] * scale * w[i];
+}
+
+void RmsNormRows(const float* x, const std::vector<float>& w, int n_rows, int dim, float eps, float* out) {
+  for (int r = 0; r < n_rows; ++r) RmsNorm(x + static_cast<size_t>(r) * dim, w.data(), dim, eps, out + static_cast<size_t>(r) * dim);
+}
+
+// Rotates pairs of each head's first rope_dim values by pos * base^(-2i/rope_dim).
+void Rope(float* v, int n_heads, int head_dim, int rope_dim, float base, RopeStyle style, int pos) {
+  const int half = rope_dim / 2;
+  for (int i = 0; i < half; ++i) {
+    const double theta = pos * std::pow(static_cast<double>(base), -2.0 * i / rope_dim);
+    const float c = static_cast<float>(std::cos(theta)), s = static_cast<float>(std::sin(theta));
+    for (int h = 0; h < n_heads; ++h) {
+      float* x = v + static_cast<size_t>(h) * head_dim;
+      const int i0 = style == RopeStyle::kNormal ? 2 * i : i;
+      const int i1 = style == RopeStyle::kNormal ? 2 * i + 1 : i + half;
+      const float x0 = x[i0], x1 = x[i1];
+      x[i0] = x0 * c - x1 * s;
+      x[i1] = x0 * s + x1 * c;
+    }
+  }
+}
+
+void AddBias(float* x, const std::vector<float>& b, int n_rows) {
+  if (b.empty()) return;
+  const size_t n = b.size();
+  for (int r = 0; r < n_rows; ++r) {
+    for (size_t i = 0; i < n; ++i) x[r * n + i] += b[i];
+  }
+}
+
+}  // namespace
+
+absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCache& kv,
+                     std::vector<float>* logits) {
+  const HParams& hp = model.hparams();
+  const int n = static_cast<int>(rows.size());
+  const int d = hp.n_embd, hd = hp.head_dim, kvd = hp.kv_dim(), qd = hp.n_head * hd;
+  for (int r = 0; r < n; ++r) {
+    const BatchRow& row = rows[r];
+    if (row.token < 0 || row.token >= hp.n_vocab) {
+      return absl::InvalidArgumentError(StrCat("row ", r, ": token id ", row.token, " is outside [0, ", hp.n_vocab, ")"));
+    }
+    if (row.pos < 0 || row.pos >= kv.n_ctx()) {
+      return absl::InvalidArgumentError(StrCat("row ", r, ": position ", row.pos, " is outside the context [0, ", kv.n_ctx(), ")"));
+    }
+    if (row.seq < 0 || row.seq >= kv.max_sequences() || !kv.active(row.seq)) {
+      return absl::InvalidArgumentError(StrCat("row ", r, ": sequence ", row.seq, " has no KV cache"));
+    }
+  }
+  if (n == 0) return absl::OkStatus();
+
+  std::vector<float> x(static_cast<size_t>(n) * d), xn(x.size()), ffn_out(x.size());
+  std::vector<float> q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kvd), v(k.size());
+  std::vector<float> attn(q.size());
+  for (int r = 0; r < n; ++r) {
+    float* xr = x.data() + static_cast<size_t>(r) * d;
+    kernels::DequantizeRow(model.token_embd().type, model.token_embd().row(rows[r].token), xr, d);
+    if (hp.embedding_scale != 1.0f) {
+      for (int i = 0; i < d; ++i) xr[i] *= hp.embedding_scale;
+    }
+  }
+  const float kq_scale = hp.attention_scale != 0 ? hp.attention_scale : 1.0f / std::sqrt(static_cast<float>(hd));
+  const int group = hp.n_head / hp.n_head_kv;
+
+  for (int il = 0; il < hp.n_layer; ++il) {
+    const LayerWeights& L = model.layers()[il];
+    RmsNormRows(x.data(), L.attn_norm, n, d, hp.rms_eps, xn.data());
+    experts::ParallelMatMul(L.wq, xn.data(), d, n, q.data(), qd);
+    experts::ParallelMatMul(L.wk, xn.data(), d, n, k.data(), kvd);
+    experts::ParallelMatMul(L.wv, xn.data(), d, n, v.data(), kvd);
+    AddBias(q.data(), L.bq, n);
+    AddBias(k.data(), L.bk, n);
+    AddBias(v.data(), L.bv, n);
+    for (int r = 0; r < n; ++r) {
+      float* qr = q.data() + static_cast<size_t>(r) * qd;
+      float* kr = k.data() + static_cast<size_t>(r) * kvd;
+      if (!L.q_norm.empty()) {
+        RmsNorm(qr, L.q_norm.data(), qd, hp.rms_eps, qr);
+        RmsNorm(kr, L.k_norm.data(), kvd, hp.rms_eps, kr);
+      }
+      Rope(qr, hp.n_head, hd, hp.rope_dim, hp.rope_base, hp.rope_style, rows[r].pos);
+      Rope(kr, hp.n_head_kv, hd, hp.rope_dim, hp.rope_base, hp.rope_style, rows[r].pos);
+      std::copy_n(kr, kvd, kv.k(il, rows[r].seq, rows[r].pos));
+      std::copy_n(v.data() + static_cast<size_t>(r) * kvd, kvd, kv.v(il, rows[r].seq, rows[r].pos));
+    }
+    // Causal attention: each row sees its sequence's positions 0..pos.
+    tbb::parallel_for(tbb::blocked_range<int>(0, n * hp.n_head), [&](const tbb::blocked_range<int>& range) {
+      const kernels::KernelSet& ks = kernels::Active();
+      std::vector<float> scores;
+      for (int job = range.begin(); job < range.end(); ++job) {
+        const int r = job / hp.n_head, h = job % hp.n_head;
+        const int kvh = h / group, len = rows[r].pos + 1, seq = rows[r].seq;
+        const float* qh = q.data() + static_cast<size_t>(r) * qd + h * hd;
+        scores.resize(len);
+        float mx = -INFINITY;
+        for (int t = 0; t < len; ++t) {
+          scores[t] = ks.dot_f32(qh, kv.k(il, seq, t) + kvh * hd, hd) * kq_scale;
+          mx = std::max(mx, scores[t]);
+        }
+        double sum = 0;
+        for (int t = 0; t < len; ++t) sum += scores[t] = std::exp(scores[t] - mx);
+        const float inv = static_cast<float>(1.0 / sum);
+        float* out = attn.data() + static_cast<size_t>(r) * qd + h * hd;
+        std::fill_n(out, hd, 0.0f);
+        for (int t = 0; t < len; ++t) ks.axpy_f32(scores[t] * inv, kv.v(il, seq, t) + kvh * hd, out, hd);
+      }
+    });
+    experts::ParallelMatMul(L.wo, attn.data(), qd, n, ffn_out.data(), d);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += ffn_out[i] * hp.residual_scale;
+
+    RmsNormRows(x.data(), L.ffn_norm, n, d, hp.rms_eps, xn.data());
+    if (L.router) {
+      router::RoutingPlan plan;
+      L.router->Route(xn.data(), d, n, &plan);
+      std::vector<const experts::Expert*> impls(hp.n_expert);
+      for (int e = 0; e < hp.n_expert; ++e) impls[e] = model.expert(il, e);
+      if (auto s = ExpertExecutor::Run(plan, xn.data(), d, impls, ffn_out.data()); !s.ok()) {
+        return absl::Status(s.code(), StrCat("layer ", il, ": ", s.message()));
+      }
+      if (L.shared_expert) {
+        std::vector<float> shared(x.size()), gate(n);
+        if (auto s = L.shared_expert->Forward(xn.data(), n, shared.data()); !s.ok()) return s;
+        kernels::MatMulRows(L.shared_gate, xn.data(), d, n, gate.data(), 1, 0, 1);
+        for (int r = 0; r < n; ++r) {
+          const float g = 1.0f / (1.0f + std::exp(-gate[r]));
+          for (int i = 0; i < d; ++i) ffn_out[static_cast<size_t>(r) * d + i] += g * shared[static_cast<size_t>(r) * d + i];
+        }
+      }
+    } else {
+      if (auto s = L.dense_ffn->Forward(xn.data(), n, ffn_out.data()); !s.ok()) return s;
+    }
+    for (size_t i = 0; i < x.size(); ++i) x[i] += ffn_out[i] * hp.residual_scale;
+  }
+
+  // Output head for the rows that asked for logits.
+  std::vector<float> heads;
+  for (int r = 0; r < n; ++r) {
+    if (!rows[r].want_logits) continue;
+    heads.resize(heads.size() + d);
+    RmsNorm(x.data() + static_cast<size_t>(r) * d, model.output_norm().data(), d, hp.rms_eps, heads.data() + heads.size() - d);
+  }
+  const int n_out = static_cast<int>(heads.size() / d);
+  logits->resize(static_cast<size_t>(n_out) * hp.n_vocab);
+  experts::ParallelMatMul(model.output(), heads.data(), d, n_out, logits->data(), hp.n_vocab);
+  if (hp.logit_scale != 1.0f) {
+    for (float& l : *logits) l /= hp.logit_scale;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace micromoe::runtime

@@ -1,0 +1,26 @@
+// The model forward pass over a batch of rows from one or more sequences.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "runtime/kv_cache.h"
+#include "runtime/model.h"
+
+namespace micromoe::runtime {
+
+struct BatchRow {
+  int32_t token = 0;
+  int32_t pos = 0;   // position in its sequence; rows of a sequence come in increasing order
+  int32_t seq = 0;   // KV cache slot (must be started)
+  bool want_logits = false;
+};
+
+// Runs the rows through the model, writing their keys and values into `kv`.
+// `logits` receives n_vocab floats for each row with want_logits, in row order.
+// Fails with InvalidArgument naming the row for an out-of-range token, position or sequence.
+absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCache& kv,
+                     std::vector<float>* logits);
+
+}  // namespace micromoe::runtime

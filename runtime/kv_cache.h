@@ -1,0 +1,38 @@
+// Keys and values of past positions, per sequence and layer, in F32.
+// Memory for a sequence is taken when it starts and returned when it ends.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace micromoe::runtime {
+
+class KvCache {
+ public:
+  // n_ctx positions per sequence; at most max_sequences alive at once.
+  KvCache(int n_layer, int kv_dim, int n_ctx, int max_sequences);
+
+  int n_ctx() const { return n_ctx_; }
+  int max_sequences() const { return static_cast<int>(seqs_.size()); }
+  // Reserves storage for sequence `seq` (0 <= seq < max_sequences) and clears it.
+  absl::Status Start(int seq);
+  // Releases the storage of `seq`.
+  void Release(int seq);
+  bool active(int seq) const { return !seqs_[seq].empty(); }
+
+  float* k(int layer, int seq, int pos) { return row(layer, seq, pos, 0); }
+  float* v(int layer, int seq, int pos) { return row(layer, seq, pos, 1); }
+  // Bytes one sequence takes.
+  uint64_t bytes_per_sequence() const;
+
+ private:
+  float* row(int layer, int seq, int pos, int which) {
+    return seqs_[seq].data() + ((static_cast<size_t>(layer) * 2 + which) * n_ctx_ + pos) * kv_dim_;
+  }
+  int n_layer_, kv_dim_, n_ctx_;
+  std::vector<std::vector<float>> seqs_;
+};
+
+}  // namespace micromoe::runtime
