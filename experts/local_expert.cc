@@ -13,13 +13,15 @@ void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, i
   // About 64K multiply-adds per task keeps scheduling overhead small.
   const int64_t work_per_row = std::max<int64_t>(1, w.cols * n_x);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / work_per_row);
+  kernels::Activations a;
+  a.Prepare(w.type, x, ldx, n_x, w.cols);
   if (grain >= w.rows) {
-    kernels::MatMulRows(w, x, ldx, n_x, y, ldy, 0, w.rows);
+    kernels::MatMulRows(w, a, y, ldy, 0, w.rows);
     return;
   }
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, grain),
                     [&](const tbb::blocked_range<int64_t>& r) {
-                      kernels::MatMulRows(w, x, ldx, n_x, y, ldy, r.begin(), r.end());
+                      kernels::MatMulRows(w, a, y, ldy, r.begin(), r.end());
                     });
 }
 

@@ -95,10 +95,15 @@ void Q4_0ToF32(const void* src, float* dst, int64_t n) {
   }
 }
 
+#define MICROMOE_DPBUSD(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+#include "kernels/int_dot_avx2.inc"
+#undef MICROMOE_DPBUSD
+
 }  // namespace
 
 const KernelSet* Avx2Kernels() {
-  static const KernelSet set = {"avx2", DotF32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32};
+  static const KernelSet set = {"avx2", DotF32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
+                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;
 }

@@ -17,6 +17,11 @@ struct KernelSet {
   void (*bf16_to_f32)(const void* src, float* dst, int64_t n);
   void (*q8_0_to_f32)(const void* src, float* dst, int64_t n);
   void (*q4_0_to_f32)(const void* src, float* dst, int64_t n);
+  // Activations to Q8_0 blocks (n a multiple of 32), for integer dot products.
+  void (*quantize_q8_0)(const float* src, void* dst, int64_t n);
+  // Dot product of a weight row with a Q8_0 activation row, n elements.
+  float (*dot_q8_0_q8_0)(const void* w, const void* x, int64_t n);
+  float (*dot_q4_0_q8_0)(const void* w, const void* x, int64_t n);
 };
 
 // Plain C++ reference; always available.

@@ -125,12 +125,32 @@ void DequantizeRow(TensorType type, const void* src, float* dst, int64_t n, cons
   }
 }
 
-void MatMulRows(const MatrixView& w, const float* x, int64_t ldx, int64_t n_x, float* y,
-                int64_t ldy, int64_t o_begin, int64_t o_end, const KernelSet& ks) {
+void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, int64_t n_x, int64_t cols,
+                          const KernelSet& ks) {
+  x_ = x;
+  ldx_ = ldx;
+  n_x_ = n_x;
+  q8_.clear();
+  if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0) return;
+  q8_row_bytes_ = static_cast<uint64_t>(cols / kQK) * sizeof(BlockQ8_0);
+  q8_.resize(q8_row_bytes_ * n_x);
+  for (int64_t r = 0; r < n_x; ++r) ks.quantize_q8_0(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
+}
+
+void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
+                int64_t o_end, const KernelSet& ks) {
+  const int64_t n_x = x.n_rows();
+  if (x.quantized()) {
+    const auto dot = w.type == TensorType::kQ8_0 ? ks.dot_q8_0_q8_0 : ks.dot_q4_0_q8_0;
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = dot(w.row(o), x.q8_row(r), w.cols);
+    }
+    return;
+  }
   if (w.type == TensorType::kF32) {
     for (int64_t o = o_begin; o < o_end; ++o) {
       const float* wr = reinterpret_cast<const float*>(w.row(o));
-      for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = ks.dot_f32(wr, x + r * ldx, w.cols);
+      for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = ks.dot_f32(wr, x.f32_row(r), w.cols);
     }
     return;
   }
@@ -139,8 +159,15 @@ void MatMulRows(const MatrixView& w, const float* x, int64_t ldx, int64_t n_x, f
   if (static_cast<int64_t>(row.size()) < w.cols) row.resize(w.cols);
   for (int64_t o = o_begin; o < o_end; ++o) {
     DequantizeRow(w.type, w.row(o), row.data(), w.cols, ks);
-    for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = ks.dot_f32(row.data(), x + r * ldx, w.cols);
+    for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = ks.dot_f32(row.data(), x.f32_row(r), w.cols);
   }
+}
+
+void MatMul(const MatrixView& w, const float* x, int64_t ldx, int64_t n_x, float* y, int64_t ldy,
+            const KernelSet& ks) {
+  Activations a;
+  a.Prepare(w.type, x, ldx, n_x, w.cols, ks);
+  MatMulRows(w, a, y, ldy, 0, w.rows, ks);
 }
 
 }  // namespace micromoe::kernels

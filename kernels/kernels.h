@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "gguf/types.h"
 #include "kernels/kernel_set.h"
@@ -32,9 +33,33 @@ const KernelSet& Active();
 void DequantizeRow(gguf::TensorType type, const void* src, float* dst, int64_t n,
                    const KernelSet& ks = Active());
 
-// For o in [o_begin, o_end) and r in [0, n_x): y[r * ldy + o] = dot(W row o, x + r * ldx).
-// Needs x rows of w.cols elements.
-void MatMulRows(const MatrixView& w, const float* x, int64_t ldx, int64_t n_x, float* y,
-                int64_t ldy, int64_t o_begin, int64_t o_end, const KernelSet& ks = Active());
+// Activation rows in the form a weight type's dot product reads: F32 rows as
+// given, or (for Q8_0 / Q4_0 weights) rows quantized once to Q8_0 blocks, so
+// integer dot products run on both sides. Prepare once per matrix product.
+class Activations {
+ public:
+  // x: n_x rows of `cols` floats with row stride ldx; must outlive this object.
+  void Prepare(gguf::TensorType weight_type, const float* x, int64_t ldx, int64_t n_x, int64_t cols,
+               const KernelSet& ks = Active());
+  int64_t n_rows() const { return n_x_; }
+  bool quantized() const { return !q8_.empty(); }
+  const float* f32_row(int64_t r) const { return x_ + r * ldx_; }
+  const void* q8_row(int64_t r) const { return q8_.data() + r * q8_row_bytes_; }
+
+ private:
+  const float* x_ = nullptr;
+  int64_t ldx_ = 0, n_x_ = 0;
+  uint64_t q8_row_bytes_ = 0;
+  std::vector<uint8_t> q8_;
+};
+
+// For o in [o_begin, o_end) and r in [0, x.n_rows()): y[r * ldy + o] = dot(W row o, x row r).
+// `x` must have been prepared for w.type with w.cols columns.
+void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
+                int64_t o_end, const KernelSet& ks = Active());
+
+// Single-threaded convenience: the whole product y = W x for n_x rows.
+void MatMul(const MatrixView& w, const float* x, int64_t ldx, int64_t n_x, float* y, int64_t ldy,
+            const KernelSet& ks = Active());
 
 }  // namespace micromoe::kernels

@@ -1,4 +1,7 @@
 // Scalar reference kernels: the definition every vector back-end is tested against.
+#include <algorithm>
+#include <cmath>
+
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
 
@@ -44,10 +47,51 @@ void Q4_0ToF32(const void* src, float* dst, int64_t n) {
   }
 }
 
+void QuantizeQ8_0(const float* src, void* dst, int64_t n) {
+  BlockQ8_0* b = static_cast<BlockQ8_0*>(dst);
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    const float* x = src + i * kQK;
+    float amax = 0;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    b[i].d = Fp32ToFp16(d);
+    for (int j = 0; j < kQK; ++j) b[i].qs[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
+  }
+}
+
+float DotQ8_0Q8_0(const void* w, const void* x, int64_t n) {
+  const BlockQ8_0* a = static_cast<const BlockQ8_0*>(w);
+  const BlockQ8_0* b = static_cast<const BlockQ8_0*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int32_t s = 0;
+    for (int j = 0; j < kQK; ++j) s += a[i].qs[j] * b[i].qs[j];
+    sum += s * Fp16ToFp32(a[i].d) * Fp16ToFp32(b[i].d);
+  }
+  return sum;
+}
+
+float DotQ4_0Q8_0(const void* w, const void* x, int64_t n) {
+  const BlockQ4_0* a = static_cast<const BlockQ4_0*>(w);
+  const BlockQ8_0* b = static_cast<const BlockQ8_0*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int32_t s = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      s += ((a[i].qs[j] & 0x0F) - 8) * b[i].qs[j];
+      s += ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + kQK / 2];
+    }
+    sum += s * Fp16ToFp32(a[i].d) * Fp16ToFp32(b[i].d);
+  }
+  return sum;
+}
+
 }  // namespace
 
 const KernelSet& ScalarKernels() {
-  static const KernelSet set = {"scalar", DotF32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32};
+  static const KernelSet set = {"scalar", DotF32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
+                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0};
   return set;
 }
 

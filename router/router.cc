@@ -30,8 +30,7 @@ Router::Router(kernels::MatrixView gate, GatingOptions options)
 
 void Router::Route(const float* hidden, int64_t ld, int n_rows, RoutingPlan* plan) {
   std::vector<float> logits(static_cast<size_t>(n_rows) * options_.n_experts);
-  kernels::MatMulRows(gate_, hidden, ld, n_rows, logits.data(), options_.n_experts, 0,
-                      options_.n_experts);
+  kernels::MatMul(gate_, hidden, ld, n_rows, logits.data(), options_.n_experts);
   RouteLogits(logits.data(), n_rows, plan);
 }
 

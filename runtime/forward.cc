@@ -140,7 +140,7 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
       if (L.shared_expert) {
         std::vector<float> shared(x.size()), gate(n);
         if (auto s = L.shared_expert->Forward(xn.data(), n, shared.data()); !s.ok()) return s;
-        kernels::MatMulRows(L.shared_gate, xn.data(), d, n, gate.data(), 1, 0, 1);
+        kernels::MatMul(L.shared_gate, xn.data(), d, n, gate.data(), 1);
         for (int r = 0; r < n; ++r) {
           const float g = 1.0f / (1.0f + std::exp(-gate[r]));
           for (int i = 0; i < d; ++i) ffn_out[static_cast<size_t>(r) * d + i] += g * shared[static_cast<size_t>(r) * d + i];

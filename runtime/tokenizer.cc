@@ -261,11 +261,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const gguf::File&
   }
   int32_t eot_id = -1;
   int32_t eom_id = -1;
-  for (const auto& [key, id] : {std::pair<std::string_view, int32_t*>{"tokenizer.ggml.bos_token_id", &t->bos_id_},
-                                {"tokenizer.ggml.eos_token_id", &t->eos_id_},
-                                {"tokenizer.ggml.unknown_token_id", &t->unk_id_},
-                                {"tokenizer.ggml.eot_token_id", &eot_id},
-                                {"tokenizer.ggml.eom_token_id", &eom_id}}) {
+  const std::pair<std::string_view, int32_t*> kIds[] = {
+      {"tokenizer.ggml.bos_token_id", &t->bos_id_},
+      {"tokenizer.ggml.eos_token_id", &t->eos_id_},
+      {"tokenizer.ggml.unknown_token_id", &t->unk_id_},
+      {"tokenizer.ggml.eot_token_id", &eot_id},
+      {"tokenizer.ggml.eom_token_id", &eom_id},
+  };
+  for (const auto& [key, id] : kIds) {
     if (auto s = ReadTokenId(file, key, n, id); !s.ok()) return s;
   }
 
@@ -301,7 +304,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const gguf::File&
     const gguf::Value* merges = file.Find("tokenizer.ggml.merges");
     if (merges == nullptr || merges->type != gguf::ValueType::kArray ||
         merges->array_type != gguf::ValueType::kString) {
-      return absl::InvalidArgumentError("tokenizer: 'tokenizer.ggml.merges' must be a string array");
+      return absl::InvalidArgumentError(
+          "tokenizer: 'tokenizer.ggml.merges' must be a string array");
     }
     t->merge_ranks_.reserve(merges->strings.size());
     for (size_t i = 0; i < merges->strings.size(); ++i) {
@@ -317,9 +321,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const gguf::File&
   for (int32_t id : {t->eos_id_, eot_id, eom_id}) {
     if (id >= 0) t->eog_ids_.push_back(id);
   }
-  for (std::string_view text : {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-                                "<|endoftext|>", "<|eom_id|>", "<EOT>",
-                                "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"}) {
+  static constexpr std::string_view kEogTexts[] = {
+      "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
+      "<EOT>", "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",  // DeepSeek
+  };
+  for (const std::string_view text : kEogTexts) {
     const int32_t id = t->Find(text);
     if (id < 0) continue;
     t->eog_ids_.push_back(id);
@@ -398,9 +404,10 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos,
       }
       const std::string_view raw = text.substr(f.offset, f.length);
       size_t pos = 0;
-      for (size_t m; (m = raw.find(special, pos)) != std::string_view::npos; pos = m + special.size()) {
+      for (size_t m; (m = raw.find(special, pos)) != std::string_view::npos;) {
         if (m > pos) next.push_back({f.offset + pos, m - pos, -1});
         next.push_back({0, 0, id});
+        pos = m + special.size();
       }
       if (pos < raw.size()) next.push_back({f.offset + pos, raw.size() - pos, -1});
     }
@@ -457,7 +464,8 @@ void MergeInto(std::vector<Symbol>& syms, int32_t left, int32_t right) {
 
 }  // namespace
 
-void Tokenizer::EncodeSpm(std::string_view raw, bool space_prefix, std::vector<int32_t>* out) const {
+void Tokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
+                          std::vector<int32_t>* out) const {
   std::string text;
   text.reserve(raw.size() + 8);
   if (space_prefix) text += kSpaceMark;
