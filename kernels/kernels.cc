@@ -1,6 +1,9 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "kernels/quant.h"
@@ -87,7 +90,38 @@ void Q6_KToF32(const void* src, float* y, int64_t n) {
   }
 }
 
+// Round-to-nearest-even, as the reference Q8_K quantizer does.
+int NearestInt(float f) { return static_cast<int>(std::nearbyint(f)); }
+
+// Quantizes each 256-block to Q8_K (scale from the largest-magnitude value,
+// codes clamped to [-128, 127]) and writes the dequantized values.
+void RoundThroughQ8_K(const float* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    float* yb = y + b * kQK_K;
+    float amax = 0, max = 0;
+    for (int j = 0; j < kQK_K; ++j) {
+      if (std::fabs(xb[j]) > amax) {
+        amax = std::fabs(xb[j]);
+        max = xb[j];
+      }
+    }
+    if (amax == 0) {
+      std::fill_n(yb, kQK_K, 0.0f);
+      continue;
+    }
+    const float iscale = -127.0f / max;
+    const float d = 1 / iscale;
+    for (int j = 0; j < kQK_K; ++j) yb[j] = d * std::min(127, NearestInt(iscale * xb[j]));
+  }
+}
+
 const KernelSet& Choose() {
+  // MICROMOE_KERNELS=scalar|avx2|avx512 caps the choice (for comparisons and debugging).
+  const char* cap = std::getenv("MICROMOE_KERNELS");
+  const std::string want = cap ? cap : "";
+  if (want == "scalar") return ScalarKernels();
+  if (want == "avx2" && Avx2Kernels()) return *Avx2Kernels();
   if (const KernelSet* k = Avx512Kernels()) return *k;
   if (const KernelSet* k = Avx2Kernels()) return *k;
   return ScalarKernels();
@@ -131,6 +165,15 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
   ldx_ = ldx;
   n_x_ = n_x;
   q8_.clear();
+  if (weight_type == TensorType::kQ4_K || weight_type == TensorType::kQ5_K || weight_type == TensorType::kQ6_K) {
+    // K-quant products read activations rounded to Q8_K (8 bits per 256-block), as
+    // other engines' integer K-quant kernels do; kept as F32 values here.
+    rounded_.resize(static_cast<size_t>(n_x) * cols);
+    for (int64_t r = 0; r < n_x; ++r) RoundThroughQ8_K(x + r * ldx, rounded_.data() + r * cols, cols);
+    x_ = rounded_.data();
+    ldx_ = cols;
+    return;
+  }
   if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0) return;
   q8_row_bytes_ = static_cast<uint64_t>(cols / kQK) * sizeof(BlockQ8_0);
   q8_.resize(q8_row_bytes_ * n_x);

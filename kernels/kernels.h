@@ -51,6 +51,7 @@ class Activations {
   int64_t ldx_ = 0, n_x_ = 0;
   uint64_t q8_row_bytes_ = 0;
   std::vector<uint8_t> q8_;
+  std::vector<float> rounded_;
 };
 
 // For o in [o_begin, o_end) and r in [0, x.n_rows()): y[r * ldy + o] = dot(W row o, x row r).

@@ -1,0 +1,215 @@
+// The micromoe binary end to end: outputs, exit codes and messages, and clean
+// rejection of malformed model files by `inspect` and `generate`.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "gguf/writer.h"
+#include "tools/model_builder.h"
+
+namespace micromoe {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Result {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs the binary with a time limit (a hang fails the test) and a memory cap.
+Result RunCli(const std::string& args) {
+  const std::string err_file = ::testing::TempDir() + "/cli_stderr.txt";
+  const std::string cmd = "ulimit -v 4000000; timeout 20 " MICROMOE_BINARY " " + args + " 2>" + err_file;
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(in), {});
+  return r;
+}
+
+std::string WriteModel(const std::string& name, const tools::TinyModelSpec& spec = {}) {
+  gguf::Writer w;
+  tools::BuildTinyModel(spec, &w);
+  const std::string path = ::testing::TempDir() + "/" + name + ".gguf";
+  EXPECT_TRUE(w.WriteFile(path).ok());
+  return path;
+}
+
+std::string WriteBytes(const std::string& name, const std::vector<uint8_t>& bytes) {
+  const std::string path = ::testing::TempDir() + "/" + name + ".gguf";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  return path;
+}
+
+TEST(Cli, InspectPrintsArchitectureExpertsAndTensors) {
+  const Result r = RunCli("inspect " + WriteModel("inspect"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("architecture: llama"));
+  EXPECT_THAT(r.out, HasSubstr("experts: 4, used per token: 2"));
+  EXPECT_THAT(r.out, HasSubstr("blk.1.ffn_down_exps.weight"));
+}
+
+TEST(Cli, InspectCpuNamesTheKernels) {
+  const Result r = RunCli("inspect --cpu");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("kernels: "));
+}
+
+TEST(Cli, TokenizeIdsPrintsOneJsonArray) {
+  const Result r = RunCli("tokenize -m " + WriteModel("tok") + " -p 'the license' --ids");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_GE(r.out.size(), 4u);
+  EXPECT_EQ(r.out.substr(0, 4), "[1, ");
+  EXPECT_EQ(r.out.substr(r.out.size() - 2), "]\n");
+  EXPECT_EQ(r.out.find_first_not_of("0123456789, []\n"), std::string::npos);
+}
+
+TEST(Cli, TokenizeListsIdTabPieceOneALine) {
+  const Result r = RunCli("tokenize -m " + WriteModel("tok2") + " -p \"$(printf 'a\\tb')\" --no-bos");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("12\t<0x09>\n"));  // the tab goes to its byte token
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("<s>")));
+}
+
+TEST(Cli, GenerateIsDeterministicForASeedAndReportsSpeedAndMemory) {
+  const std::string m = WriteModel("gen");
+  const Result a = RunCli("generate -m " + m + " -p 'the license' -n 12 --seed 7 -t 2");
+  const Result b = RunCli("generate -m " + m + " -p 'the license' -n 12 --seed 7 -t 1");
+  EXPECT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_FALSE(a.out.empty());
+  EXPECT_THAT(a.err, HasSubstr("t/s"));
+  EXPECT_THAT(a.err, HasSubstr("peak resident memory"));
+}
+
+TEST(Cli, PerplexityEndsWithFinalEstimate) {
+  std::ofstream(::testing::TempDir() + "/text.txt") << std::string(40, 'x') + " the license of the free software and the program code for you " + std::string(200, 'a');
+  const Result r = RunCli("perplexity -m " + WriteModel("ppl") + " -f " + ::testing::TempDir() + "/text.txt -c 16");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const size_t at = r.out.rfind("Final estimate: PPL = ");
+  ASSERT_NE(at, std::string::npos);
+  double ppl = 0, err = 0;
+  char tail = 0;
+  EXPECT_EQ(std::sscanf(r.out.c_str() + at, "Final estimate: PPL = %lf +/- %lf%c", &ppl, &err, &tail), 3);
+  EXPECT_EQ(tail, '\n');
+  EXPECT_GT(ppl, 1.0);
+}
+
+TEST(Cli, BadArgumentsFailWithAMessage) {
+  EXPECT_NE(RunCli("generate -p hi").exit_code, 0);
+  const Result r = RunCli("generate -m " + WriteModel("args") + " -p hi --top-p 2");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("top_p"));
+  const Result t = RunCli("perplexity -m " + WriteModel("args2") + " -f /nonexistent/file");
+  EXPECT_NE(t.exit_code, 0);
+  EXPECT_THAT(t.err, HasSubstr("/nonexistent/file"));
+}
+
+// A malformed file must fail both `inspect` and `generate` with a message that names the problem.
+void ExpectRejected(const std::string& path, const std::string& message_part) {
+  for (const std::string cmd : {"inspect " + path, "generate -m " + path + " -p hi -n 2"}) {
+    const Result r = RunCli(cmd);
+    EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr("error:")) << cmd;
+    EXPECT_THAT(r.err, HasSubstr(message_part)) << cmd;
+  }
+}
+
+std::vector<uint8_t> ValidBytes() {
+  gguf::Writer w;
+  tools::BuildTinyModel({}, &w);
+  return w.Serialize();
+}
+
+TEST(CliRejects, MissingFile) { ExpectRejected("/nonexistent.gguf", "cannot open"); }
+
+TEST(CliRejects, BadMagic) {
+  auto b = ValidBytes();
+  b[0] = 'X';
+  ExpectRejected(WriteBytes("magic", b), "magic");
+}
+
+TEST(CliRejects, TruncatedFile) {
+  auto b = ValidBytes();
+  b.resize(b.size() / 2);
+  ExpectRejected(WriteBytes("truncated", b), "past the end");
+}
+
+TEST(CliRejects, HugeTensorCountInATinyFile) {
+  auto b = ValidBytes();
+  b.resize(200);
+  const uint64_t huge = uint64_t{1} << 62;
+  const uint64_t no_metadata = 0;
+  std::memcpy(b.data() + 8, &huge, 8);
+  std::memcpy(b.data() + 16, &no_metadata, 8);
+  ExpectRejected(WriteBytes("count", b), "tensor count");
+}
+
+TEST(CliRejects, MissingTensor) {
+  gguf::Writer w;
+  tools::TinyModelSpec spec;
+  tools::BuildTinyModel(spec, &w);
+  // A dense-FFN spec writes ffn_gate/up/down instead of the expert tensors the metadata asks for.
+  gguf::Writer dense;
+  spec.n_expert = 0;
+  tools::BuildTinyModel(spec, &dense);
+  dense.SetU32("llama.expert_count", 4);
+  dense.SetU32("llama.expert_used_count", 2);
+  const std::string path = ::testing::TempDir() + "/missing.gguf";
+  ASSERT_TRUE(dense.WriteFile(path).ok());
+  ExpectRejected(path, "missing tensor 'blk.0.ffn_gate_inp.weight'");
+}
+
+TEST(CliRejects, WrongShape) {
+  gguf::Writer w;
+  tools::BuildTinyModel({}, &w);
+  w.SetU32("llama.feed_forward_length", 128);  // tensors were written with 96
+  const std::string path = ::testing::TempDir() + "/shape.gguf";
+  ASSERT_TRUE(w.WriteFile(path).ok());
+  ExpectRejected(path, "has shape");
+}
+
+TEST(CliRejects, ExpertsUsedAboveExpertCount) {
+  gguf::Writer w;
+  tools::BuildTinyModel({}, &w);
+  w.SetU32("llama.expert_used_count", 9);
+  const std::string path = ::testing::TempDir() + "/used.gguf";
+  ASSERT_TRUE(w.WriteFile(path).ok());
+  ExpectRejected(path, "expert_used_count");
+}
+
+TEST(CliRejects, UnsupportedArchitecture) {
+  gguf::Writer w;
+  tools::BuildTinyModel({}, &w);
+  w.SetString("general.architecture", "mamba");
+  const std::string path = ::testing::TempDir() + "/arch.gguf";
+  ASSERT_TRUE(w.WriteFile(path).ok());
+  ExpectRejected(path, "unsupported architecture 'mamba'");
+}
+
+TEST(CliRejects, HugeHyperParameter) {
+  gguf::Writer w;
+  tools::BuildTinyModel({}, &w);
+  w.SetU32("llama.block_count", 4000000000u);
+  const std::string path = ::testing::TempDir() + "/layers.gguf";
+  ASSERT_TRUE(w.WriteFile(path).ok());
+  ExpectRejected(path, "block_count");
+}
+
+}  // namespace
+}  // namespace micromoe

@@ -1,0 +1,837 @@
+// Specification of the kernels (kernels/kernels.h, kernel_set.h, quant.h,
+// quantize.h).
+//
+// Every back-end this CPU can run is checked against plain references written
+// here from the format definitions -- never against another back-end -- on
+// sizes that exercise vector tails, on blocks built by hand with known values,
+// and on random data with tolerances derived from the arithmetic.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gguf/types.h"
+#include "gtest/gtest.h"
+#include "kernels/kernel_set.h"
+#include "kernels/kernels.h"
+#include "kernels/quant.h"
+#include "kernels/quantize.h"
+
+namespace micromoe::kernels {
+namespace {
+
+using gguf::TensorType;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+float FromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// IEEE binary16 decoded from its definition: (-1)^s * 2^(e-15) * 1.m, or
+// 2^-14 * 0.m for e == 0.
+float RefHalf(uint16_t h) {
+  const int e = (h >> 10) & 0x1F;
+  const int m = h & 0x3FF;
+  double v;
+  if (e == 0) {
+    v = std::ldexp(static_cast<double>(m), -24);
+  } else if (e == 0x1F) {
+    v = m ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
+  } else {
+    v = std::ldexp(static_cast<double>(1024 + m), e - 25);
+  }
+  return static_cast<float>((h & 0x8000) ? -v : v);
+}
+
+// bfloat16 is the top half of a binary32.
+float RefBf16(uint16_t h) { return FromBits(static_cast<uint32_t>(h) << 16); }
+
+// Exact equality, treating any NaN as equal to any NaN (conversions may quiet them).
+bool SameFloat(float a, float b) { return (std::isnan(a) && std::isnan(b)) || Bits(a) == Bits(b); }
+
+std::vector<float> RandomFloats(std::mt19937& rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+uint16_t RandomScale(std::mt19937& rng) {
+  // Positive fp16 scales between about 2^-7 and 2^-4.
+  return static_cast<uint16_t>(0x2000 + std::uniform_int_distribution<int>(0, 0x0FFF)(rng));
+}
+
+// ---------------------------------------------------------------------------
+// Reference dequantization of whole rows, from the block layouts alone.
+
+std::vector<float> RefDequantize(TensorType type, const uint8_t* src, int64_t n) {
+  std::vector<float> out(n);
+  switch (type) {
+    case TensorType::kF32:
+      std::memcpy(out.data(), src, n * sizeof(float));
+      break;
+    case TensorType::kF16:
+    case TensorType::kBF16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        out[i] = type == TensorType::kF16 ? RefHalf(h) : RefBf16(h);
+      }
+      break;
+    case TensorType::kQ8_0:
+      for (int64_t b = 0; b < n / 32; ++b) {
+        const uint8_t* blk = src + b * 34;
+        uint16_t d;
+        std::memcpy(&d, blk, 2);
+        for (int j = 0; j < 32; ++j) out[b * 32 + j] = RefHalf(d) * static_cast<int8_t>(blk[2 + j]);
+      }
+      break;
+    case TensorType::kQ4_0:
+      for (int64_t b = 0; b < n / 32; ++b) {
+        const uint8_t* blk = src + b * 18;
+        uint16_t d;
+        std::memcpy(&d, blk, 2);
+        for (int j = 0; j < 16; ++j) {
+          out[b * 32 + j] = RefHalf(d) * ((blk[2 + j] & 0x0F) - 8);
+          out[b * 32 + j + 16] = RefHalf(d) * ((blk[2 + j] >> 4) - 8);
+        }
+      }
+      break;
+    default:
+      ADD_FAILURE() << "no reference for type " << static_cast<int>(type);
+  }
+  return out;
+}
+
+uint64_t RowBytes(TensorType type, int64_t cols) {
+  const gguf::TypeTraits* t = gguf::FindTypeTraits(static_cast<uint32_t>(type));
+  return static_cast<uint64_t>(cols) / t->block_elements * t->block_bytes;
+}
+
+// ---------------------------------------------------------------------------
+// Conversions in quant.h (not back-end specific).
+
+TEST(HalfTest, EveryHalfDecodesAsDefinedAndRoundTrips) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = Fp16ToFp32(static_cast<uint16_t>(h));
+    ASSERT_TRUE(SameFloat(f, RefHalf(static_cast<uint16_t>(h)))) << std::hex << h;
+    if (std::isnan(f)) {
+      const uint16_t back = Fp32ToFp16(f);
+      EXPECT_EQ(back & 0x7C00, 0x7C00) << std::hex << h;
+      EXPECT_NE(back & 0x03FF, 0) << std::hex << h;
+      continue;
+    }
+    ASSERT_EQ(Fp32ToFp16(f), h) << std::hex << h;
+  }
+}
+
+TEST(HalfTest, RoundsToNearestEven) {
+  const float ulp1 = std::ldexp(1.0f, -10);  // spacing of halves in [1, 2)
+  EXPECT_EQ(Fp32ToFp16(1.0f), 0x3C00);
+  EXPECT_EQ(Fp32ToFp16(1.0f + ulp1 / 2), 0x3C00);                       // tie, down to even
+  EXPECT_EQ(Fp32ToFp16(1.0f + 3 * ulp1 / 2), 0x3C02);                   // tie, up to even
+  EXPECT_EQ(Fp32ToFp16(1.0f + ulp1 / 2 + std::ldexp(1.0f, -20)), 0x3C01);  // above the tie
+  EXPECT_EQ(Fp32ToFp16(1.0f + ulp1 / 2 - std::ldexp(1.0f, -20)), 0x3C00);  // below the tie
+  EXPECT_EQ(Fp32ToFp16(-2.0f), 0xC000);
+  EXPECT_EQ(Fp32ToFp16(0.0f), 0x0000);
+  EXPECT_EQ(Fp32ToFp16(-0.0f), 0x8000);
+  EXPECT_EQ(Fp32ToFp16(65504.0f), 0x7BFF);   // largest half
+  EXPECT_EQ(Fp32ToFp16(65519.0f), 0x7BFF);   // below the tie with infinity
+  EXPECT_EQ(Fp32ToFp16(65520.0f), 0x7C00);   // tie: 0x7BFF is odd, so up to infinity
+  EXPECT_EQ(Fp32ToFp16(1e6f), 0x7C00);
+  EXPECT_EQ(Fp32ToFp16(-std::numeric_limits<float>::infinity()), 0xFC00);
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -14)), 0x0400);  // smallest normal
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1023.5f, -24)), 0x0400);  // subnormal tie, up to even
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -25)), 0x0000);  // tie, down to even (zero)
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f + 1.0f / 1024, -25)), 0x0001);
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 subnormal ulps: tie, up to even
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(5.0f, -25)), 0x0002);  // 2.5 ulps: tie, down to even
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -30)), 0x0000);
+  const uint16_t nan = Fp32ToFp16(kNaN);
+  EXPECT_EQ(nan & 0x7C00, 0x7C00);
+  EXPECT_NE(nan & 0x03FF, 0);
+}
+
+#if defined(__FLT16_MAX__)
+// The compiler's own _Float16 conversion (IEEE round to nearest even) as an
+// independent reference, over a spread of float bit patterns of every exponent.
+TEST(HalfTest, RoundingAgreesWithTheCompilersFloat16) {
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 997) {
+    const float f = FromBits(static_cast<uint32_t>(u));
+    if (std::isnan(f)) continue;
+    const _Float16 h = static_cast<_Float16>(f);
+    uint16_t expect;
+    std::memcpy(&expect, &h, 2);
+    ASSERT_EQ(Fp32ToFp16(f), expect) << std::hex << u;
+  }
+}
+#endif
+
+// Round to nearest even by definition: the nearer of the two bf16 values that
+// bracket f (compared in double), the even one on a tie.
+uint16_t RefFp32ToBf16(float f) {
+  const uint32_t x = Bits(f);
+  const uint32_t lo = x & 0xFFFF0000u;
+  if (lo == x) return static_cast<uint16_t>(x >> 16);
+  const uint32_t hi = lo + 0x10000u;  // next magnitude up (may become infinity)
+  const double dl = std::fabs(static_cast<double>(f) - FromBits(lo));
+  const double dh = std::fabs(static_cast<double>(FromBits(hi)) - f);
+  if (dl < dh) return static_cast<uint16_t>(lo >> 16);
+  if (dh < dl) return static_cast<uint16_t>(hi >> 16);
+  return static_cast<uint16_t>(((lo >> 16) & 1) ? hi >> 16 : lo >> 16);
+}
+
+TEST(Bf16Test, RoundingAgreesWithTheDefinition) {
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 997) {
+    const float f = FromBits(static_cast<uint32_t>(u));
+    if (std::isnan(f) || std::isinf(f)) continue;
+    // Near the top, the upper neighbour is infinity; distance to it is infinite
+    // in double, but IEEE rounding treats it as the next power of two.
+    if ((Bits(f) & 0x7FFFFFFF) >= 0x7F7F0000u) continue;
+    ASSERT_EQ(Fp32ToBf16(f), RefFp32ToBf16(f)) << std::hex << u;
+  }
+}
+
+TEST(Bf16Test, EveryBf16RoundTrips) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = Bf16ToFp32(static_cast<uint16_t>(h));
+    ASSERT_EQ(Bits(f), h << 16);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(Bf16ToFp32(Fp32ToBf16(f)))) << std::hex << h;
+      continue;
+    }
+    ASSERT_EQ(Fp32ToBf16(f), h) << std::hex << h;
+  }
+}
+
+TEST(Bf16Test, RoundsToNearestEven) {
+  const float ulp1 = std::ldexp(1.0f, -7);  // spacing of bf16 in [1, 2)
+  EXPECT_EQ(Fp32ToBf16(1.0f), 0x3F80);
+  EXPECT_EQ(Fp32ToBf16(1.0f + ulp1 / 2), 0x3F80);                           // tie, down to even
+  EXPECT_EQ(Fp32ToBf16(1.0f + 3 * ulp1 / 2), 0x3F82);                       // tie, up to even
+  EXPECT_EQ(Fp32ToBf16(1.0f + ulp1 / 2 + std::ldexp(1.0f, -20)), 0x3F81);  // above the tie
+  EXPECT_EQ(Fp32ToBf16(-2.0f), 0xC000);
+  EXPECT_EQ(Fp32ToBf16(3.140625f), 0x4049);  // exactly representable
+  EXPECT_EQ(Fp32ToBf16(std::numeric_limits<float>::infinity()), 0x7F80);
+  EXPECT_EQ(Fp32ToBf16(std::numeric_limits<float>::max()), 0x7F80);  // above the tie with infinity
+  const uint16_t nan = Fp32ToBf16(kNaN);
+  EXPECT_EQ(nan & 0x7F80, 0x7F80);
+  EXPECT_NE(nan & 0x007F, 0);
+  // A signalling NaN whose payload sits only in the low half must stay a NaN.
+  EXPECT_TRUE(std::isnan(Bf16ToFp32(Fp32ToBf16(FromBits(0x7F800001)))));
+}
+
+// ---------------------------------------------------------------------------
+// Per back-end primitives.
+
+const KernelSet* FindBackend(const std::string& name) {
+  if (name == "scalar") return &ScalarKernels();
+  if (name == "avx2") return Avx2Kernels();
+  if (name == "avx512") return Avx512Kernels();
+  return nullptr;
+}
+
+class KernelSetTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    ks_ = FindBackend(GetParam());
+    if (ks_ == nullptr) GTEST_SKIP() << GetParam() << " is not available on this CPU";
+  }
+  const KernelSet* ks_ = nullptr;
+  std::mt19937 rng_{12345};
+};
+
+std::vector<int64_t> VectorSizes() {
+  std::vector<int64_t> sizes;
+  for (int64_t n = 1; n <= 70; ++n) sizes.push_back(n);
+  for (int64_t n : {127, 129, 255, 1023, 4097}) sizes.push_back(n);
+  return sizes;
+}
+
+TEST_P(KernelSetTest, DotF32MatchesDoubleReference) {
+  constexpr int kPad = 16;
+  for (int64_t n : VectorSizes()) {
+    std::vector<float> a = RandomFloats(rng_, n), b = RandomFloats(rng_, n);
+    double ref = 0, mag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ref += static_cast<double>(a[i]) * b[i];
+      mag += std::fabs(static_cast<double>(a[i]) * b[i]);
+    }
+    // NaN past the end: reading (and summing) beyond n would show.
+    a.resize(n + kPad, kNaN);
+    b.resize(n + kPad, kNaN);
+    const float got = ks_->dot_f32(a.data(), b.data(), n);
+    EXPECT_NEAR(got, ref, 1e-5 * mag + 1e-7) << "n=" << n;
+  }
+}
+
+TEST_P(KernelSetTest, AxpyF32MatchesReferenceAndLeavesTheRestAlone) {
+  constexpr int kPad = 16;
+  constexpr float kGuard = 12345.0f;
+  for (int64_t n : VectorSizes()) {
+    const std::vector<float> x = RandomFloats(rng_, n);
+    std::vector<float> y = RandomFloats(rng_, n);
+    const float a = std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng_);
+    std::vector<double> ref(n);
+    for (int64_t i = 0; i < n; ++i) ref[i] = y[i] + static_cast<double>(a) * x[i];
+    y.resize(n + kPad, kGuard);
+    ks_->axpy_f32(a, x.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double tol = 2e-7 * (std::fabs(ref[i]) + std::fabs(static_cast<double>(a) * x[i])) + 1e-12;
+      ASSERT_NEAR(y[i], ref[i], tol) << "n=" << n << " i=" << i;
+    }
+    for (int64_t i = n; i < n + kPad; ++i) ASSERT_EQ(y[i], kGuard) << "n=" << n << " wrote past the end";
+  }
+}
+
+TEST_P(KernelSetTest, F16ToF32DecodesEveryHalf) {
+  std::vector<uint16_t> all(65536);
+  for (uint32_t h = 0; h < 65536; ++h) all[h] = static_cast<uint16_t>(h);
+  std::vector<float> out(all.size());
+  ks_->f16_to_f32(all.data(), out.data(), static_cast<int64_t>(all.size()));
+  for (uint32_t h = 0; h < 65536; ++h) {
+    ASSERT_TRUE(SameFloat(out[h], RefHalf(static_cast<uint16_t>(h))))
+        << std::hex << h << " gave " << out[h];
+  }
+}
+
+TEST_P(KernelSetTest, HalfConversionsHandleTails) {
+  constexpr float kGuard = -777.0f;
+  for (int64_t n = 1; n <= 40; ++n) {
+    std::vector<uint16_t> src(n);
+    for (int64_t i = 0; i < n; ++i) src[i] = static_cast<uint16_t>(0x3C00 + 37 * i);  // 1.0 upwards
+    std::vector<float> f16(n + 16, kGuard), bf16(n + 16, kGuard);
+    ks_->f16_to_f32(src.data(), f16.data(), n);
+    ks_->bf16_to_f32(src.data(), bf16.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(f16[i], RefHalf(src[i])) << "n=" << n << " i=" << i;
+      ASSERT_EQ(bf16[i], RefBf16(src[i])) << "n=" << n << " i=" << i;
+    }
+    for (int64_t i = n; i < n + 16; ++i) {
+      ASSERT_EQ(f16[i], kGuard) << "n=" << n;
+      ASSERT_EQ(bf16[i], kGuard) << "n=" << n;
+    }
+  }
+}
+
+TEST_P(KernelSetTest, Bf16ToF32DecodesEveryBf16) {
+  std::vector<uint16_t> all(65536);
+  for (uint32_t h = 0; h < 65536; ++h) all[h] = static_cast<uint16_t>(h);
+  std::vector<float> out(all.size());
+  ks_->bf16_to_f32(all.data(), out.data(), static_cast<int64_t>(all.size()));
+  for (uint32_t h = 0; h < 65536; ++h) {
+    ASSERT_TRUE(SameFloat(out[h], RefBf16(static_cast<uint16_t>(h)))) << std::hex << h;
+  }
+}
+
+TEST_P(KernelSetTest, Q8_0ToF32OnHandBuiltBlocks) {
+  BlockQ8_0 blocks[3];
+  blocks[0].d = 0x3800;  // 0.5
+  for (int j = 0; j < 32; ++j) blocks[0].qs[j] = static_cast<int8_t>(j - 16);
+  blocks[1].d = 0x4000;  // 2.0
+  for (int j = 0; j < 32; ++j) blocks[1].qs[j] = static_cast<int8_t>(j % 2 ? 127 : -128 + j);
+  blocks[2].d = 0xB400;  // -0.25
+  for (int j = 0; j < 32; ++j) blocks[2].qs[j] = static_cast<int8_t>(3 * j - 50);
+  std::vector<float> out(96 + 8, kNaN);
+  ks_->q8_0_to_f32(blocks, out.data(), 96);
+  for (int j = 0; j < 32; ++j) {
+    EXPECT_EQ(out[j], (j - 16) * 0.5f) << j;
+    EXPECT_EQ(out[32 + j], (j % 2 ? 127 : -128 + j) * 2.0f) << j;
+    EXPECT_EQ(out[64 + j], (3 * j - 50) * -0.25f) << j;
+  }
+  for (int i = 96; i < 104; ++i) EXPECT_TRUE(std::isnan(out[i])) << "wrote past the end";
+}
+
+TEST_P(KernelSetTest, Q4_0ToF32PutsLowNibblesFirst) {
+  BlockQ4_0 blocks[2];
+  blocks[0].d = 0x3800;  // 0.5
+  for (int j = 0; j < 16; ++j) blocks[0].qs[j] = static_cast<uint8_t>(j | ((15 - j) << 4));
+  blocks[1].d = 0xC000;  // -2.0
+  for (int j = 0; j < 16; ++j) blocks[1].qs[j] = static_cast<uint8_t>(((j * 5) % 16) | (((j * 3 + 1) % 16) << 4));
+  std::vector<float> out(64 + 8, kNaN);
+  ks_->q4_0_to_f32(blocks, out.data(), 64);
+  for (int j = 0; j < 16; ++j) {
+    EXPECT_EQ(out[j], (j - 8) * 0.5f) << j;
+    EXPECT_EQ(out[16 + j], (15 - j - 8) * 0.5f) << j;
+    EXPECT_EQ(out[32 + j], ((j * 5) % 16 - 8) * -2.0f) << j;
+    EXPECT_EQ(out[48 + j], ((j * 3 + 1) % 16 - 8) * -2.0f) << j;
+  }
+  for (int i = 64; i < 72; ++i) EXPECT_TRUE(std::isnan(out[i])) << "wrote past the end";
+}
+
+TEST_P(KernelSetTest, QuantizeQ8_0OnAHandComputedBlock) {
+  // x_j = j - 16: amax 16, scale 16/127, q_j = round((j - 16) * 127 / 16).
+  std::vector<float> x(32);
+  for (int j = 0; j < 32; ++j) x[j] = static_cast<float>(j - 16);
+  BlockQ8_0 b[2];
+  std::memset(b, 0x5A, sizeof(b));
+  ks_->quantize_q8_0(x.data(), b, 32);
+  EXPECT_NEAR(RefHalf(b[0].d), 16.0 / 127, 16.0 / 127 * std::ldexp(1.0, -11));
+  for (int j = 0; j < 32; ++j) {
+    const double exact = (j - 16) * 127.0 / 16;
+    const double lower = std::floor(exact);
+    const bool tie = exact - lower == 0.5;
+    const long expect = std::lround(exact);  // ties: either neighbour is accepted
+    if (tie) {
+      EXPECT_TRUE(b[0].qs[j] == lower || b[0].qs[j] == lower + 1) << j << " gave " << int{b[0].qs[j]};
+    } else {
+      EXPECT_EQ(b[0].qs[j], expect) << j;
+    }
+  }
+  EXPECT_EQ(b[0].qs[0], -127);
+  // The next block is untouched.
+  const uint8_t* next = reinterpret_cast<const uint8_t*>(&b[1]);
+  for (size_t i = 0; i < sizeof(BlockQ8_0); ++i) EXPECT_EQ(next[i], 0x5A);
+}
+
+TEST_P(KernelSetTest, QuantizeQ8_0OnRandomBlocks) {
+  for (int64_t blocks : {1, 2, 3, 7}) {
+    const int64_t n = blocks * 32;
+    std::vector<float> x = RandomFloats(rng_, n, -3.0f, 3.0f);
+    if (blocks == 3) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block
+    std::vector<BlockQ8_0> q(blocks);
+    ks_->quantize_q8_0(x.data(), q.data(), n);
+    for (int64_t b = 0; b < blocks; ++b) {
+      float amax = 0;
+      int arg = 0;
+      for (int j = 0; j < 32; ++j) {
+        if (std::fabs(x[b * 32 + j]) > amax) {
+          amax = std::fabs(x[b * 32 + j]);
+          arg = j;
+        }
+      }
+      if (amax == 0) {
+        EXPECT_EQ(RefHalf(q[b].d), 0.0f);
+        for (int j = 0; j < 32; ++j) EXPECT_EQ(q[b].qs[j], 0);
+        continue;
+      }
+      const double d = amax / 127.0;
+      EXPECT_NEAR(RefHalf(q[b].d), d, d * std::ldexp(1.0, -11)) << "block " << b;
+      for (int j = 0; j < 32; ++j) {
+        const double exact = x[b * 32 + j] / d;
+        // Round to nearest; the slack covers float rounding of x * (1/d) at ties.
+        ASSERT_LE(std::fabs(q[b].qs[j] - exact), 0.5 + 1e-4) << "block " << b << " j=" << j;
+      }
+      EXPECT_EQ(std::abs(q[b].qs[arg]), 127);
+    }
+  }
+}
+
+// Blocks with random int8 values and fp16 scales; weights use the full int8
+// range including -128, activations [-127, 127] as quantize_q8_0 makes them.
+std::vector<BlockQ8_0> RandomQ8Blocks(std::mt19937& rng, int64_t blocks, int lo) {
+  std::uniform_int_distribution<int> q(lo, 127);
+  std::vector<BlockQ8_0> out(blocks);
+  for (BlockQ8_0& b : out) {
+    b.d = RandomScale(rng);
+    for (int8_t& v : b.qs) v = static_cast<int8_t>(q(rng));
+  }
+  return out;
+}
+
+std::vector<int64_t> BlockCounts() { return {1, 2, 3, 4, 5, 8, 37}; }
+
+TEST_P(KernelSetTest, DotQ8_0Q8_0MatchesExactIntegerReference) {
+  for (int64_t blocks : BlockCounts()) {
+    std::vector<BlockQ8_0> w = RandomQ8Blocks(rng_, blocks, -128);
+    std::vector<BlockQ8_0> x = RandomQ8Blocks(rng_, blocks, -127);
+    if (blocks == 2) {
+      // Extremes: every product at its largest magnitude, both signs.
+      for (int j = 0; j < 32; ++j) {
+        w[0].qs[j] = j % 2 ? -127 : 127;
+        x[0].qs[j] = j % 3 ? -127 : 127;
+        w[1].qs[j] = -128;
+        x[1].qs[j] = j % 2 ? -127 : 127;
+      }
+    }
+    double ref = 0, mag = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      int64_t s = 0;
+      for (int j = 0; j < 32; ++j) s += int64_t{w[b].qs[j]} * x[b].qs[j];
+      const double term = static_cast<double>(s) * RefHalf(w[b].d) * RefHalf(x[b].d);
+      ref += term;
+      mag += std::fabs(term);
+    }
+    const float got = ks_->dot_q8_0_q8_0(w.data(), x.data(), blocks * 32);
+    EXPECT_NEAR(got, ref, 1e-5 * mag + 1e-12) << "blocks=" << blocks;
+  }
+}
+
+TEST_P(KernelSetTest, DotQ4_0Q8_0MatchesExactIntegerReference) {
+  for (int64_t blocks : BlockCounts()) {
+    std::vector<BlockQ4_0> w(blocks);
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (BlockQ4_0& b : w) {
+      b.d = RandomScale(rng_);
+      for (uint8_t& v : b.qs) v = static_cast<uint8_t>(byte(rng_));
+    }
+    std::vector<BlockQ8_0> x = RandomQ8Blocks(rng_, blocks, -127);
+    if (blocks == 2) {
+      for (int j = 0; j < 16; ++j) {
+        w[0].qs[j] = 0x00;  // every weight -8
+        w[1].qs[j] = 0xFF;  // every weight 7
+      }
+      for (int j = 0; j < 32; ++j) x[0].qs[j] = x[1].qs[j] = j % 2 ? -127 : 127;
+    }
+    double ref = 0, mag = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      int64_t s = 0;
+      for (int j = 0; j < 16; ++j) {
+        s += int64_t{(w[b].qs[j] & 0x0F) - 8} * x[b].qs[j];
+        s += int64_t{(w[b].qs[j] >> 4) - 8} * x[b].qs[j + 16];
+      }
+      const double term = static_cast<double>(s) * RefHalf(w[b].d) * RefHalf(x[b].d);
+      ref += term;
+      mag += std::fabs(term);
+    }
+    const float got = ks_->dot_q4_0_q8_0(w.data(), x.data(), blocks * 32);
+    EXPECT_NEAR(got, ref, 1e-5 * mag + 1e-12) << "blocks=" << blocks;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// QuantizeRow / DequantizeRow.
+
+TEST_P(KernelSetTest, QuantizeRoundTripF32IsExact) {
+  const std::vector<float> x = RandomFloats(rng_, 96, -100.0f, 100.0f);
+  std::vector<float> q(96), y(96);
+  QuantizeRow(TensorType::kF32, x.data(), q.data(), 96);
+  DequantizeRow(TensorType::kF32, q.data(), y.data(), 96, *ks_);
+  EXPECT_EQ(x, y);
+}
+
+TEST_P(KernelSetTest, QuantizeRoundTripF16AndBf16WithinTheirPrecision) {
+  std::vector<float> x = RandomFloats(rng_, 256, -4.0f, 4.0f);
+  x[0] = 0.0f;
+  x[1] = 65504.0f;
+  x[2] = std::ldexp(1.0f, -20);  // an F16 subnormal
+  for (TensorType type : {TensorType::kF16, TensorType::kBF16}) {
+    const double rel = type == TensorType::kF16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
+    const double abs = type == TensorType::kF16 ? std::ldexp(1.0, -25) : 0.0;  // half a subnormal ulp
+    std::vector<uint16_t> q(x.size());
+    std::vector<float> y(x.size());
+    QuantizeRow(type, x.data(), q.data(), static_cast<int64_t>(x.size()));
+    DequantizeRow(type, q.data(), y.data(), static_cast<int64_t>(x.size()), *ks_);
+    for (size_t i = 0; i < x.size(); ++i) {
+      ASSERT_LE(std::fabs(static_cast<double>(y[i]) - x[i]), rel * std::fabs(x[i]) + abs)
+          << gguf::TypeName(type) << " i=" << i << " x=" << x[i];
+    }
+  }
+}
+
+TEST_P(KernelSetTest, QuantizeRoundTripQ8_0WithinHalfAScale) {
+  constexpr int64_t n = 32 * 6;
+  const std::vector<float> x = RandomFloats(rng_, n, -5.0f, 5.0f);
+  std::vector<BlockQ8_0> q(n / 32);
+  std::vector<float> y(n);
+  QuantizeRow(TensorType::kQ8_0, x.data(), q.data(), n);
+  DequantizeRow(TensorType::kQ8_0, q.data(), y.data(), n, *ks_);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    double amax = 0;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(static_cast<double>(x[b * 32 + j])));
+    const double d = amax / 127, d16 = RefHalf(q[b].d);
+    // Half a step, plus the scale's own rounding to fp16 times the largest |q|.
+    const double tol = d / 2 + 127 * std::fabs(d16 - d) + 1e-6;
+    for (int j = 0; j < 32; ++j) {
+      ASSERT_LE(std::fabs(static_cast<double>(y[b * 32 + j]) - x[b * 32 + j]), tol) << "b=" << b << " j=" << j;
+    }
+  }
+}
+
+TEST_P(KernelSetTest, QuantizeRoundTripQ4_0WithinHalfAScale) {
+  constexpr int64_t n = 32 * 6;
+  // Q4_0 maps the signed extreme to -8 steps; a value of the opposite sign
+  // beyond 7.5 steps would be clamped to +7 (see the next test). With the
+  // extreme at 5.5 and everything else within 5 (7.27 steps), none is.
+  std::vector<float> x = RandomFloats(rng_, n, -5.0f, 5.0f);
+  for (int64_t b = 0; b < n / 32; ++b) x[b * 32 + b % 32] = b % 2 ? -5.5f : 5.5f;
+  std::vector<BlockQ4_0> q(n / 32);
+  std::vector<float> y(n);
+  QuantizeRow(TensorType::kQ4_0, x.data(), q.data(), n);
+  DequantizeRow(TensorType::kQ4_0, q.data(), y.data(), n, *ks_);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const double d = 5.5 / 8, d16 = std::fabs(RefHalf(q[b].d));
+    const double tol = d / 2 + 8 * std::fabs(d16 - d) + 1e-6;
+    for (int j = 0; j < 32; ++j) {
+      ASSERT_LE(std::fabs(static_cast<double>(y[b * 32 + j]) - x[b * 32 + j]), tol) << "b=" << b << " j=" << j;
+    }
+    // The extreme itself is exact up to the scale's rounding.
+    EXPECT_NEAR(y[b * 32 + b % 32], x[b * 32 + b % 32], 8 * std::fabs(d16 - d) + 1e-6);
+  }
+}
+
+TEST_P(KernelSetTest, QuantizeQ4_0ClampsTheOppositeExtremeToSeven) {
+  // max = -8 (scale 1): +8 would need q = 16, so it is clamped to 15 (value +7).
+  std::vector<float> x(32, 0.0f);
+  x[3] = -8.0f;
+  x[20] = 8.0f;
+  x[5] = 7.0f;
+  BlockQ4_0 q;
+  QuantizeRow(TensorType::kQ4_0, x.data(), &q, 32);
+  std::vector<float> y(32);
+  DequantizeRow(TensorType::kQ4_0, &q, y.data(), 32, *ks_);
+  EXPECT_EQ(RefHalf(q.d), 1.0f);
+  EXPECT_EQ(y[3], -8.0f);
+  EXPECT_EQ(y[5], 7.0f);
+  EXPECT_EQ(y[20], 7.0f);
+  EXPECT_EQ(y[0], 0.0f);
+}
+
+// ---------------------------------------------------------------------------
+// K-quant super-blocks, built by hand from the GGUF layouts.
+
+// Packs eight 6-bit scales and mins into the 12-byte K4 form: bytes 0..3 hold
+// scale j (low 6 bits) and bits 4..5 of scale j+4 on top; bytes 4..7 the same
+// for the mins; bytes 8..11 the low 4 bits of scale j+4 and min j+4.
+void PackScalesK4(const int sc[8], const int mn[8], uint8_t out[12]) {
+  for (int j = 0; j < 4; ++j) {
+    out[j] = static_cast<uint8_t>((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
+    out[j + 4] = static_cast<uint8_t>((mn[j] & 63) | ((mn[j + 4] >> 4) << 6));
+    out[j + 8] = static_cast<uint8_t>((sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4));
+  }
+}
+
+// Quants with no period: a bit placed in the wrong sub-block must show.
+void RandomQuants(int levels, int q[256]) {
+  std::mt19937 rng(levels);
+  std::uniform_int_distribution<int> dist(0, levels - 1);
+  for (int e = 0; e < 256; ++e) q[e] = dist(rng);
+}
+
+const int kScK4[8] = {1, 63, 17, 40, 33, 50, 7, 62};
+const int kMinK4[8] = {0, 5, 63, 20, 48, 1, 36, 15};
+
+TEST(KQuantTest, Q4_KDequantizesFromTheLayout) {
+  BlockQ4_K b;
+  b.d = 0x3400;     // 0.25
+  b.dmin = 0x3000;  // 0.125
+  PackScalesK4(kScK4, kMinK4, b.scales);
+  // Element e lies in chunk c = e / 64; its 4 bits are the low nibble of
+  // qs[32c + e % 32] in the chunk's first 32, the high nibble in the second.
+  int q[256];
+  RandomQuants(16, q);
+  q[0] = 3;
+  q[200] = 9;
+  std::memset(b.qs, 0, sizeof(b.qs));
+  for (int e = 0; e < 256; ++e) {
+    const int c = e / 64, l = e % 32;
+    b.qs[32 * c + l] |= static_cast<uint8_t>(e % 64 < 32 ? q[e] : q[e] << 4);
+  }
+  std::vector<float> y(256);
+  DequantizeRow(TensorType::kQ4_K, &b, y.data(), 256);
+  for (int e = 0; e < 256; ++e) {
+    const int s = e / 32;  // sub-block of 32
+    const float expect = 0.25f * kScK4[s] * q[e] - 0.125f * kMinK4[s];
+    ASSERT_EQ(y[e], expect) << e;
+  }
+  // Two spot checks written out: element 0 (sub-block 0), element 200 (sub-block 6).
+  EXPECT_EQ(y[0], 0.25f * 1 * 3 - 0.125f * 0);
+  EXPECT_EQ(y[200], 0.25f * 7 * 9 - 0.125f * 36);
+}
+
+TEST(KQuantTest, Q5_KDequantizesFromTheLayout) {
+  BlockQ5_K b;
+  b.d = 0x3800;     // 0.5
+  b.dmin = 0x3400;  // 0.25
+  PackScalesK4(kScK4, kMinK4, b.scales);
+  // Low 4 bits as in Q4_K; the fifth bit of element e is bit (2c + second half)
+  // of qh[e % 32], c = e / 64.
+  int q[256];
+  RandomQuants(32, q);
+  q[1] = 16;
+  std::memset(b.qs, 0, sizeof(b.qs));
+  std::memset(b.qh, 0, sizeof(b.qh));
+  for (int e = 0; e < 256; ++e) {
+    const int c = e / 64, l = e % 32, upper = e % 64 >= 32;
+    b.qs[32 * c + l] |= static_cast<uint8_t>(upper ? (q[e] & 0xF) << 4 : q[e] & 0xF);
+    if (q[e] & 16) b.qh[l] |= static_cast<uint8_t>(1u << (2 * c + upper));
+  }
+  std::vector<float> y(256);
+  DequantizeRow(TensorType::kQ5_K, &b, y.data(), 256);
+  for (int e = 0; e < 256; ++e) {
+    const int s = e / 32;
+    const float expect = 0.5f * kScK4[s] * q[e] - 0.25f * kMinK4[s];
+    ASSERT_EQ(y[e], expect) << e;
+  }
+  EXPECT_EQ(y[1], 0.5f * 1 * 16 - 0.25f * 0);  // q = 16: only the high bit set
+}
+
+TEST(KQuantTest, Q6_KDequantizesFromTheLayout) {
+  BlockQ6_K b;
+  b.d = 0x3800;  // 0.5
+  const int8_t scales[16] = {1, -2, 3, -4, 5, 127, -128, 8, 9, -10, 11, 12, -13, 14, 15, -16};
+  std::memcpy(b.scales, scales, 16);
+  // Element e: half h = e / 128, quarter g = (e % 128) / 32, l = e % 32.
+  // Low 4 bits: ql[64h + l + 32 (g odd)], low nibble for g < 2, high for g >= 2.
+  // High 2 bits: bits 2g..2g+1 of qh[32h + l]. Scale: scales[8h + l / 16 + 2g].
+  int q[256];
+  RandomQuants(64, q);
+  std::memset(b.ql, 0, sizeof(b.ql));
+  std::memset(b.qh, 0, sizeof(b.qh));
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, g = (e % 128) / 32, l = e % 32;
+    const int qli = 64 * h + l + (g % 2 ? 32 : 0);
+    b.ql[qli] |= static_cast<uint8_t>(g < 2 ? q[e] & 0xF : (q[e] & 0xF) << 4);
+    b.qh[32 * h + l] |= static_cast<uint8_t>((q[e] >> 4) << (2 * g));
+  }
+  std::vector<float> y(256);
+  DequantizeRow(TensorType::kQ6_K, &b, y.data(), 256);
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, g = (e % 128) / 32, l = e % 32;
+    const float expect = 0.5f * scales[8 * h + l / 16 + 2 * g] * (q[e] - 32);
+    ASSERT_EQ(y[e], expect) << e;
+  }
+  // The brief's formula for l < 32 in the first half, read straight off the bytes.
+  for (int l = 0; l < 32; ++l) {
+    const int ql = (b.ql[l] & 0xF) | ((b.qh[l] & 3) << 4);
+    EXPECT_EQ(y[l], 0.5f * scales[l / 16] * (ql - 32)) << l;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Matrix products.
+
+struct MatMulCase {
+  TensorType type;
+  double rel_tol;  // relative to sum_i |w_i x_i| of each output
+};
+
+TEST_P(KernelSetTest, MatMulMatchesDoubleReferenceOnDequantizedWeights) {
+  constexpr int64_t kRows = 37, kCols = 96, kLdx = 100, kLdy = 41;
+  const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
+  for (const MatMulCase& c : {MatMulCase{TensorType::kF32, 1e-5}, MatMulCase{TensorType::kF16, 1e-5},
+                              MatMulCase{TensorType::kBF16, 1e-5}, MatMulCase{TensorType::kQ8_0, 1e-2},
+                              MatMulCase{TensorType::kQ4_0, 1e-2}}) {
+    const std::vector<uint8_t> bytes = QuantizeTensor(c.type, w.data(), kRows, kCols);
+    MatrixView view;
+    view.type = c.type;
+    view.data = bytes.data();
+    view.rows = kRows;
+    view.cols = kCols;
+    view.row_bytes = RowBytes(c.type, kCols);
+    ASSERT_EQ(bytes.size(), view.row_bytes * kRows);
+    std::vector<float> wd(kRows * kCols);
+    for (int64_t o = 0; o < kRows; ++o) {
+      const std::vector<float> row = RefDequantize(c.type, view.row(o), kCols);
+      std::copy(row.begin(), row.end(), wd.begin() + o * kCols);
+    }
+    for (int64_t n_x : {1, 5}) {
+      std::vector<float> x = RandomFloats(rng_, n_x * kLdx);
+      for (int64_t r = 0; r < n_x; ++r) std::fill(x.begin() + r * kLdx + kCols, x.begin() + (r + 1) * kLdx, kNaN);
+      std::vector<float> y(n_x * kLdy, kNaN);
+      MatMul(view, x.data(), kLdx, n_x, y.data(), kLdy, *ks_);
+      for (int64_t r = 0; r < n_x; ++r) {
+        for (int64_t o = 0; o < kRows; ++o) {
+          double ref = 0, mag = 0;
+          for (int64_t i = 0; i < kCols; ++i) {
+            const double t = static_cast<double>(wd[o * kCols + i]) * x[r * kLdx + i];
+            ref += t;
+            mag += std::fabs(t);
+          }
+          ASSERT_NEAR(y[r * kLdy + o], ref, c.rel_tol * mag)
+              << gguf::TypeName(c.type) << " n_x=" << n_x << " r=" << r << " o=" << o;
+        }
+        for (int64_t o = kRows; o < kLdy; ++o) EXPECT_TRUE(std::isnan(y[r * kLdy + o])) << "wrote padding";
+      }
+    }
+  }
+}
+
+TEST_P(KernelSetTest, MatMulRowsFillsOnlyItsRangeAndAgreesWithMatMul) {
+  constexpr int64_t kRows = 37, kCols = 96, kNx = 5;
+  const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
+  const std::vector<float> x = RandomFloats(rng_, kNx * kCols);
+  for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0,
+                          TensorType::kQ4_0}) {
+    const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
+    MatrixView view{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
+    std::vector<float> whole(kNx * kRows);
+    MatMul(view, x.data(), kCols, kNx, whole.data(), kRows, *ks_);
+
+    Activations act;
+    act.Prepare(type, x.data(), kCols, kNx, kCols, *ks_);
+    EXPECT_EQ(act.n_rows(), kNx);
+    EXPECT_EQ(act.quantized(), type == TensorType::kQ8_0 || type == TensorType::kQ4_0);
+    std::vector<float> parts(kNx * kRows, kNaN);
+    MatMulRows(view, act, parts.data(), kRows, 10, 23, *ks_);
+    for (int64_t r = 0; r < kNx; ++r) {
+      for (int64_t o = 0; o < kRows; ++o) {
+        if (o >= 10 && o < 23) {
+          EXPECT_EQ(parts[r * kRows + o], whole[r * kRows + o]) << gguf::TypeName(type);
+        } else {
+          EXPECT_TRUE(std::isnan(parts[r * kRows + o])) << gguf::TypeName(type) << " o=" << o;
+        }
+      }
+    }
+    MatMulRows(view, act, parts.data(), kRows, 0, 10, *ks_);
+    MatMulRows(view, act, parts.data(), kRows, 23, kRows, *ks_);
+    EXPECT_EQ(parts, whole) << gguf::TypeName(type);
+  }
+}
+
+TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
+  // One Q6_K row of 256: the product is the dot with DequantizeRow's output, up
+  // to the activations' rounding to 8 bits per 256 (Q8_K) that K-quant products
+  // may apply, as for Q8_0 / Q4_0.
+  BlockQ6_K b;
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (uint8_t& v : b.ql) v = static_cast<uint8_t>(byte(rng_));
+  for (uint8_t& v : b.qh) v = static_cast<uint8_t>(byte(rng_));
+  for (int8_t& v : b.scales) v = static_cast<int8_t>(byte(rng_) - 128);
+  b.d = 0x1C00;  // 2^-8
+  std::vector<float> wd(256);
+  DequantizeRow(TensorType::kQ6_K, &b, wd.data(), 256, *ks_);
+  const std::vector<float> x = RandomFloats(rng_, 256);
+  MatrixView view{TensorType::kQ6_K, reinterpret_cast<const uint8_t*>(&b), 1, 256, sizeof(b)};
+  float y = kNaN;
+  MatMul(view, x.data(), 256, 1, &y, 1, *ks_);
+  double ref = 0, mag = 0;
+  for (int i = 0; i < 256; ++i) {
+    ref += static_cast<double>(wd[i]) * x[i];
+    mag += std::fabs(static_cast<double>(wd[i]) * x[i]);
+  }
+  EXPECT_NEAR(y, ref, 1e-2 * mag);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, KernelSetTest, ::testing::Values("scalar", "avx2", "avx512"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+TEST(KernelsTest, ActiveIsTheBestAvailableBackend) {
+  if (std::getenv("MICROMOE_KERNELS") != nullptr) GTEST_SKIP() << "MICROMOE_KERNELS caps the choice";
+  const KernelSet& active = Active();
+  if (Avx512Kernels() != nullptr) {
+    EXPECT_EQ(&active, Avx512Kernels());
+  } else if (Avx2Kernels() != nullptr) {
+    EXPECT_EQ(&active, Avx2Kernels());
+  } else {
+    EXPECT_EQ(&active, &ScalarKernels());
+  }
+}
+
+TEST(KernelsTest, SupportedWeightTypes) {
+  for (TensorType t : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0,
+                       TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+    EXPECT_TRUE(IsSupportedWeightType(t)) << gguf::TypeName(t);
+  }
+  for (TensorType t : {TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ2_K, TensorType::kQ8_K}) {
+    EXPECT_FALSE(IsSupportedWeightType(t)) << gguf::TypeName(t);
+  }
+}
+
+}  // namespace
+}  // namespace micromoe::kernels

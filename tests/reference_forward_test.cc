@@ -1,0 +1,322 @@
+// The optimised forward pass against a plain reference written here, apart
+// from the runtime: weights decoded by this file's own code, double-precision
+// sums, one token at a time, no batching, no threads.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "base/str_cat.h"
+#include "gguf/gguf.h"
+#include "gguf/writer.h"
+#include "runtime/forward.h"
+#include "runtime/model.h"
+#include "tools/model_builder.h"
+
+namespace micromoe {
+namespace {
+
+using gguf::TensorType;
+
+float HalfToFloat(uint16_t h) {
+  const int sign = h >> 15, exp = (h >> 10) & 31, mant = h & 1023;
+  double v = exp == 0 ? std::ldexp(mant, -24) : std::ldexp(1024 + mant, exp - 25);
+  return static_cast<float>(sign ? -v : v);
+}
+
+// Decodes a whole tensor to floats from its GGUF bytes (F32, F16, Q8_0, Q4_0).
+std::vector<double> Decode(const gguf::TensorInfo& t) {
+  std::vector<double> out(t.n_elements);
+  const uint8_t* p = t.data;
+  switch (t.type) {
+    case TensorType::kF32:
+      for (uint64_t i = 0; i < t.n_elements; ++i) {
+        float f;
+        std::memcpy(&f, p + 4 * i, 4);
+        out[i] = f;
+      }
+      break;
+    case TensorType::kF16:
+      for (uint64_t i = 0; i < t.n_elements; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[i] = HalfToFloat(h);
+      }
+      break;
+    case TensorType::kQ8_0:
+      for (uint64_t b = 0; b < t.n_elements / 32; ++b) {
+        uint16_t d;
+        std::memcpy(&d, p + 34 * b, 2);
+        for (int j = 0; j < 32; ++j) out[b * 32 + j] = HalfToFloat(d) * static_cast<int8_t>(p[34 * b + 2 + j]);
+      }
+      break;
+    case TensorType::kQ4_0:
+      for (uint64_t b = 0; b < t.n_elements / 32; ++b) {
+        uint16_t d;
+        std::memcpy(&d, p + 18 * b, 2);
+        for (int j = 0; j < 16; ++j) {
+          const uint8_t q = p[18 * b + 2 + j];
+          out[b * 32 + j] = HalfToFloat(d) * ((q & 15) - 8);
+          out[b * 32 + j + 16] = HalfToFloat(d) * ((q >> 4) - 8);
+        }
+      }
+      break;
+    default:
+      ADD_FAILURE() << "reference cannot decode type " << static_cast<int>(t.type);
+  }
+  return out;
+}
+
+// A llama / Mixtral forward pass for one sequence, token by token.
+class ReferenceModel {
+ public:
+  explicit ReferenceModel(const gguf::File& f) : f_(f) {
+    auto u = [&](const char* k) { return static_cast<int>(*f.GetUint(StrCat("llama.", k))); };
+    d_ = u("embedding_length");
+    n_layer_ = u("block_count");
+    n_head_ = u("attention.head_count");
+    n_kv_ = u("attention.head_count_kv");
+    n_expert_ = f.Find("llama.expert_count") ? u("expert_count") : 0;
+    k_ = n_expert_ ? u("expert_used_count") : 0;
+    hd_ = d_ / n_head_;
+    base_ = static_cast<float>(*f.GetFloat("llama.rope.freq_base"));
+    eps_ = static_cast<float>(*f.GetFloat("llama.attention.layer_norm_rms_epsilon"));
+    kcache_.resize(n_layer_);
+    vcache_.resize(n_layer_);
+  }
+
+  std::vector<double> W(const std::string& name) const { return Decode(*f_.FindTensor(name)); }
+
+  // y = W x for W stored with ne0 = in (contiguous), ne1 = out, starting at element offset.
+  static std::vector<double> MatVec(const std::vector<double>& w, const std::vector<double>& x, size_t out,
+                                    size_t offset = 0) {
+    std::vector<double> y(out, 0.0);
+    for (size_t o = 0; o < out; ++o) {
+      for (size_t i = 0; i < x.size(); ++i) y[o] += w[offset + o * x.size() + i] * x[i];
+    }
+    return y;
+  }
+
+  std::vector<double> Norm(const std::vector<double>& x, const std::vector<double>& w) const {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    const double s = 1.0 / std::sqrt(ss / x.size() + eps_);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * s * w[i];
+    return y;
+  }
+
+  void Rope(std::vector<double>& v, int heads, int pos) const {
+    for (int h = 0; h < heads; ++h) {
+      for (int i = 0; i < hd_ / 2; ++i) {
+        const double theta = pos * std::pow(static_cast<double>(base_), -2.0 * i / hd_);
+        double& a = v[h * hd_ + 2 * i];
+        double& b = v[h * hd_ + 2 * i + 1];
+        const double a0 = a, b0 = b;
+        a = a0 * std::cos(theta) - b0 * std::sin(theta);
+        b = a0 * std::sin(theta) + b0 * std::cos(theta);
+      }
+    }
+  }
+
+  std::vector<double> Ffn(const std::vector<double>& x, const std::vector<double>& g, const std::vector<double>& u,
+                          const std::vector<double>& dn, size_t ff, size_t e) const {
+    const auto gv = MatVec(g, x, ff, e * ff * d_);
+    const auto uv = MatVec(u, x, ff, e * ff * d_);
+    std::vector<double> h(ff);
+    for (size_t i = 0; i < ff; ++i) h[i] = gv[i] / (1 + std::exp(-gv[i])) * uv[i];
+    return MatVec(dn, h, d_, e * ff * d_);
+  }
+
+  std::vector<double> Step(int token, int pos) {
+    const auto emb = W("token_embd.weight");
+    std::vector<double> x(emb.begin() + static_cast<size_t>(token) * d_, emb.begin() + static_cast<size_t>(token + 1) * d_);
+    const int kvd = n_kv_ * hd_;
+    for (int il = 0; il < n_layer_; ++il) {
+      const std::string b = StrCat("blk.", il, ".");
+      const auto xn = Norm(x, W(b + "attn_norm.weight"));
+      auto q = MatVec(W(b + "attn_q.weight"), xn, d_);
+      auto k = MatVec(W(b + "attn_k.weight"), xn, kvd);
+      auto v = MatVec(W(b + "attn_v.weight"), xn, kvd);
+      Rope(q, n_head_, pos);
+      Rope(k, n_kv_, pos);
+      kcache_[il].push_back(k);
+      vcache_[il].push_back(v);
+      std::vector<double> att(d_, 0.0);
+      for (int h = 0; h < n_head_; ++h) {
+        const int kh = h / (n_head_ / n_kv_);
+        std::vector<double> s(pos + 1);
+        for (int t = 0; t <= pos; ++t) {
+          double dot = 0;
+          for (int i = 0; i < hd_; ++i) dot += q[h * hd_ + i] * kcache_[il][t][kh * hd_ + i];
+          s[t] = dot / std::sqrt(static_cast<double>(hd_));
+        }
+        const double mx = *std::max_element(s.begin(), s.end());
+        double sum = 0;
+        for (double& e : s) sum += e = std::exp(e - mx);
+        for (int t = 0; t <= pos; ++t) {
+          for (int i = 0; i < hd_; ++i) att[h * hd_ + i] += s[t] / sum * vcache_[il][t][kh * hd_ + i];
+        }
+      }
+      const auto o = MatVec(W(b + "attn_output.weight"), att, d_);
+      for (int i = 0; i < d_; ++i) x[i] += o[i];
+      const auto fn = Norm(x, W(b + "ffn_norm.weight"));
+      std::vector<double> ffn(d_, 0.0);
+      if (n_expert_ > 0) {
+        const auto logits = MatVec(W(b + "ffn_gate_inp.weight"), fn, n_expert_);
+        std::vector<int> order(n_expert_);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int a, int c) { return logits[a] > logits[c]; });
+        // softmax over all, keep top k, renormalise == softmax over the top k logits
+        double sum = 0;
+        for (int j = 0; j < k_; ++j) sum += std::exp(logits[order[j]] - logits[order[0]]);
+        const auto g = W(b + "ffn_gate_exps.weight"), u = W(b + "ffn_up_exps.weight"), dn = W(b + "ffn_down_exps.weight");
+        const size_t ff = f_.FindTensor(b + "ffn_gate_exps.weight")->ne[1];
+        for (int j = 0; j < k_; ++j) {
+          const double w = std::exp(logits[order[j]] - logits[order[0]]) / sum;
+          const auto y = Ffn(fn, g, u, dn, ff, order[j]);
+          for (int i = 0; i < d_; ++i) ffn[i] += w * y[i];
+        }
+      } else {
+        const size_t ff = f_.FindTensor(b + "ffn_gate.weight")->ne[1];
+        ffn = Ffn(fn, W(b + "ffn_gate.weight"), W(b + "ffn_up.weight"), W(b + "ffn_down.weight"), ff, 0);
+      }
+      for (int i = 0; i < d_; ++i) x[i] += ffn[i];
+    }
+    const auto xn = Norm(x, W("output_norm.weight"));
+    const char* head = f_.FindTensor("output.weight") ? "output.weight" : "token_embd.weight";
+    return MatVec(W(head), xn, f_.FindTensor(head)->ne[1]);
+  }
+
+ private:
+  const gguf::File& f_;
+  int d_, n_layer_, n_head_, n_kv_, n_expert_, k_, hd_;
+  float base_, eps_;
+  std::vector<std::vector<std::vector<double>>> kcache_, vcache_;
+};
+
+struct Case {
+  std::string name;
+  tools::TinyModelSpec spec;
+  double tolerance;  // max |logit difference| allowed
+};
+
+class ReferenceForwardTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ReferenceForwardTest, PrefillAndDecodeLogitsMatchReference) {
+  const Case& c = GetParam();
+  gguf::Writer w;
+  tools::BuildTinyModel(c.spec, &w);
+  const std::string path = ::testing::TempDir() + "/ref_" + c.name + ".gguf";
+  ASSERT_TRUE(w.WriteFile(path).ok());
+  auto model = runtime::Model::Load(path);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto file = gguf::File::Open(path);
+  ASSERT_TRUE(file.ok());
+  ReferenceModel ref(**file);
+
+  const std::vector<int32_t> tokens = {1, 300, 17, 45, 99, 260, 5, 301, 42, 7};
+  const auto& hp = (*model)->hparams();
+  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 64, 1);
+  ASSERT_TRUE(kv.Start(0).ok());
+  // Prefill the first 6 tokens as one batch, then decode the rest one at a time.
+  const size_t n_prefill = 6;
+  std::vector<runtime::BatchRow> rows;
+  for (size_t i = 0; i < n_prefill; ++i) rows.push_back({tokens[i], static_cast<int32_t>(i), 0, true});
+  std::vector<float> logits;
+  ASSERT_TRUE(runtime::Forward(**model, rows, kv, &logits).ok());
+  std::vector<std::vector<float>> got;
+  for (size_t i = 0; i < n_prefill; ++i) got.emplace_back(logits.begin() + i * hp.n_vocab, logits.begin() + (i + 1) * hp.n_vocab);
+  for (size_t i = n_prefill; i < tokens.size(); ++i) {
+    rows = {{tokens[i], static_cast<int32_t>(i), 0, true}};
+    ASSERT_TRUE(runtime::Forward(**model, rows, kv, &logits).ok());
+    got.push_back(logits);
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const auto want = ref.Step(tokens[i], static_cast<int>(i));
+    double max_diff = 0;
+    for (int t = 0; t < hp.n_vocab; ++t) max_diff = std::max(max_diff, std::fabs(want[t] - got[i][t]));
+    EXPECT_LT(max_diff, c.tolerance) << "position " << i;
+  }
+}
+
+tools::TinyModelSpec Spec(int n_expert, TensorType type, bool tied = false) {
+  tools::TinyModelSpec s;
+  s.n_expert = n_expert;
+  s.n_expert_used = n_expert ? 2 : 0;
+  s.weight_type = type;
+  s.tied_output = tied;
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, ReferenceForwardTest,
+    ::testing::Values(Case{"moe_f32", Spec(4, TensorType::kF32), 1e-3},
+                      Case{"moe_f32_tied", Spec(4, TensorType::kF32, true), 1e-3},
+                      Case{"dense_f32", Spec(0, TensorType::kF32), 1e-3},
+                      Case{"moe_f16", Spec(4, TensorType::kF16), 1e-3},
+                      // Q8_0 / Q4_0 round activations to 8 bits inside the products.
+                      Case{"moe_q8_0", Spec(4, TensorType::kQ8_0), 0.05},
+                      Case{"moe_q4_0", Spec(4, TensorType::kQ4_0), 0.05}),
+    [](const auto& info) { return info.param.name; });
+
+TEST(ForwardBatching, TwoSequencesInOneBatchEqualEachAlone) {
+  gguf::Writer w;
+  tools::BuildTinyModel(Spec(4, TensorType::kF32), &w);
+  const std::string path = ::testing::TempDir() + "/batching.gguf";
+  ASSERT_TRUE(w.WriteFile(path).ok());
+  auto model = runtime::Model::Load(path);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const auto& hp = (*model)->hparams();
+  const std::vector<int32_t> a = {1, 300, 17, 45}, b = {1, 99, 260};
+
+  auto alone = [&](const std::vector<int32_t>& toks) {
+    runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 16, 1);
+    EXPECT_TRUE(kv.Start(0).ok());
+    std::vector<runtime::BatchRow> rows;
+    for (size_t i = 0; i < toks.size(); ++i) rows.push_back({toks[i], static_cast<int32_t>(i), 0, i + 1 == toks.size()});
+    std::vector<float> logits;
+    EXPECT_TRUE(runtime::Forward(**model, rows, kv, &logits).ok());
+    return logits;
+  };
+  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 16, 2);
+  ASSERT_TRUE(kv.Start(0).ok());
+  ASSERT_TRUE(kv.Start(1).ok());
+  std::vector<runtime::BatchRow> rows;
+  for (size_t i = 0; i < a.size(); ++i) rows.push_back({a[i], static_cast<int32_t>(i), 0, i + 1 == a.size()});
+  for (size_t i = 0; i < b.size(); ++i) rows.push_back({b[i], static_cast<int32_t>(i), 1, i + 1 == b.size()});
+  std::vector<float> both;
+  ASSERT_TRUE(runtime::Forward(**model, rows, kv, &both).ok());
+  const auto la = alone(a), lb = alone(b);
+  ASSERT_EQ(both.size(), la.size() + lb.size());
+  for (int t = 0; t < hp.n_vocab; ++t) {
+    EXPECT_NEAR(both[t], la[t], 1e-4);
+    EXPECT_NEAR(both[hp.n_vocab + t], lb[t], 1e-4);
+  }
+}
+
+TEST(ForwardValidation, RejectsOutOfRangeTokenPositionAndSequence) {
+  gguf::Writer w;
+  tools::BuildTinyModel(Spec(4, TensorType::kF32), &w);
+  const std::string path = ::testing::TempDir() + "/validation.gguf";
+  ASSERT_TRUE(w.WriteFile(path).ok());
+  auto model = runtime::Model::Load(path);
+  ASSERT_TRUE(model.ok());
+  const auto& hp = (*model)->hparams();
+  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 8, 1);
+  ASSERT_TRUE(kv.Start(0).ok());
+  std::vector<float> logits;
+  auto run = [&](runtime::BatchRow r) { return runtime::Forward(**model, {r}, kv, &logits); };
+  EXPECT_EQ(run({hp.n_vocab, 0, 0, true}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(run({-1, 0, 0, true}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(run({1, 8, 0, true}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(run({1, 0, 1, true}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(run({1, 0, 0, true}).ok());
+}
+
+}  // namespace
+}  // namespace micromoe
