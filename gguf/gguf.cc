@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -365,6 +366,8 @@ absl::Status File::Parse() {
   }
 
   data_offset_ = (c.pos() + alignment_ - 1) / alignment_ * alignment_;
+  // A file without tensors (e.g. vocabulary only) may end without padding.
+  if (tensors_.empty()) data_offset_ = std::min(data_offset_, size_);
   if (data_offset_ > size_) {
     return absl::InvalidArgumentError(StrCat(
         "data section starts at ", data_offset_, " past the end of the file (", size_, " bytes)"));

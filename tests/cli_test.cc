@@ -28,7 +28,9 @@ struct Result {
 
 // Runs the binary with a time limit (a hang fails the test) and a memory cap.
 Result RunCli(const std::string& args) {
-  const std::string err_file = ::testing::TempDir() + "/cli_stderr.txt";
+  // ctest runs tests as parallel processes: name scratch files after the test.
+  const std::string err_file = ::testing::TempDir() + "/" +
+                               ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".stderr";
   const std::string cmd = "ulimit -v 4000000; timeout 20 " MICROMOE_BINARY " " + args + " 2>" + err_file;
   Result r;
   FILE* p = popen(cmd.c_str(), "r");
