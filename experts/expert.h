@@ -4,10 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 
 namespace micromoe::experts {
+
+class ExpertGroup;
 
 class Expert {
  public:
@@ -16,8 +19,28 @@ class Expert {
   // overwritten. Safe to call concurrently on different buffers.
   virtual absl::Status Forward(const float* in, int64_t n_rows, float* out) const = 0;
   virtual int64_t dim() const = 0;
-  // Remote experts are started first so their round trip overlaps local work.
-  virtual bool is_remote() const { return false; }
+  // Non-null for experts that live elsewhere: experts of one group (one node and
+  // its replicas) are sent together in one call per layer, started before local
+  // work so the round trip overlaps it.
+  virtual ExpertGroup* group() const { return nullptr; }
+  bool is_remote() const { return group() != nullptr; }
+};
+
+// One expert's share of a batched call.
+struct ExpertCall {
+  int expert = 0;
+  const float* in = nullptr;  // n_rows x dim
+  int64_t n_rows = 0;
+  float* out = nullptr;       // n_rows x dim, overwritten
+};
+
+// Experts reachable through one endpoint set (a node and its replicas).
+class ExpertGroup {
+ public:
+  virtual ~ExpertGroup() = default;
+  // Runs every call of one layer in a single request. UNAVAILABLE (or
+  // DEADLINE_EXCEEDED) when no endpoint of the group answered in time.
+  virtual absl::Status ForwardBatch(int layer, const std::vector<ExpertCall>& calls) = 0;
 };
 
 }  // namespace micromoe::experts

@@ -1,6 +1,7 @@
 #include "runtime/expert_executor.h"
 
 #include <algorithm>
+#include <map>
 
 #include <tbb/task_group.h>
 
@@ -8,49 +9,90 @@
 
 namespace micromoe::runtime {
 
-absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x, int64_t dim,
-                                 const std::vector<const experts::Expert*>& experts, float* out) {
+absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x, int64_t dim, int layer,
+                                 const std::vector<const experts::Expert*>& experts, float* out,
+                                 ExpertFailurePolicy policy, std::vector<DroppedExpert>* dropped) {
   const size_t n_entries = plan.group_rows.size();
   std::vector<float> in(n_entries * dim), y(n_entries * dim);
   std::vector<absl::Status> status(plan.n_experts);
+  auto rows_in = [&](int e) { return in.data() + static_cast<size_t>(plan.group_begin[e]) * dim; };
+  auto rows_out = [&](int e) { return y.data() + static_cast<size_t>(plan.group_begin[e]) * dim; };
 
-  auto run_expert = [&](int e) {
-    const int begin = plan.group_begin[e], n = plan.rows_for(e);
-    float* xe = in.data() + static_cast<size_t>(begin) * dim;
-    for (int i = 0; i < n; ++i) {
-      std::copy_n(x + static_cast<size_t>(plan.group_rows[begin + i]) * dim, dim, xe + i * dim);
-    }
-    status[e] = experts[e]->Forward(xe, n, y.data() + static_cast<size_t>(begin) * dim);
-  };
-
-  std::vector<int> active;
+  // Gather each active expert's rows; split them into remote groups and local experts.
+  std::map<experts::ExpertGroup*, std::vector<int>> remote;
+  std::vector<int> local;
   for (int e = 0; e < plan.n_experts; ++e) {
-    if (plan.rows_for(e) > 0) active.push_back(e);
-  }
-  // Remote experts first: their calls then overlap the local ones.
-  std::stable_partition(active.begin(), active.end(), [&](int e) { return experts[e]->is_remote(); });
-  if (active.size() == 1) {
-    run_expert(active[0]);
-  } else {
-    tbb::task_group tg;
-    for (int e : active) tg.run([&, e] { run_expert(e); });
-    tg.wait();
-  }
-  for (int e : active) {
-    if (!status[e].ok()) {
-      return absl::Status(status[e].code(), StrCat("expert ", e, ": ", status[e].message()));
+    const int n = plan.rows_for(e);
+    if (n == 0) continue;
+    float* xe = rows_in(e);
+    for (int i = 0; i < n; ++i) {
+      std::copy_n(x + static_cast<size_t>(plan.group_rows[plan.group_begin[e] + i]) * dim, dim, xe + i * dim);
+    }
+    if (experts::ExpertGroup* g = experts[e]->group()) {
+      remote[g].push_back(e);
+    } else {
+      local.push_back(e);
     }
   }
 
-  // Combine per row in slot order (best expert first).
+  tbb::task_group tg;
+  // Remote calls first, so they overlap the local experts.
+  for (auto& [group, ids] : remote) {
+    tg.run([&, group = group, ids = ids] {
+      std::vector<experts::ExpertCall> calls;
+      for (int e : ids) calls.push_back({e, rows_in(e), plan.rows_for(e), rows_out(e)});
+      const absl::Status s = group->ForwardBatch(layer, calls);
+      for (int e : ids) status[e] = s;
+    });
+  }
+  for (size_t i = 0; i < local.size(); ++i) {
+    const int e = local[i];
+    auto run = [&, e] { status[e] = experts[e]->Forward(rows_in(e), plan.rows_for(e), rows_out(e)); };
+    // The last local expert runs on this thread while the others are in flight.
+    if (i + 1 == local.size()) {
+      run();
+    } else {
+      tg.run(run);
+    }
+  }
+  tg.wait();
+
+  std::vector<bool> lost(plan.n_experts, false);
+  for (int e = 0; e < plan.n_experts; ++e) {
+    if (status[e].ok()) continue;
+    const bool remote_failure = experts[e]->is_remote() && (status[e].code() == absl::StatusCode::kUnavailable ||
+                                                            status[e].code() == absl::StatusCode::kDeadlineExceeded);
+    if (policy == ExpertFailurePolicy::kDegrade && remote_failure) {
+      lost[e] = true;
+      if (dropped) {
+        DroppedExpert d{layer, e, {}};
+        for (int i = 0; i < plan.rows_for(e); ++i) d.rows.push_back(plan.group_rows[plan.group_begin[e] + i]);
+        dropped->push_back(std::move(d));
+      }
+      continue;
+    }
+    return absl::Status(remote_failure ? absl::StatusCode::kUnavailable : status[e].code(),
+                        StrCat("layer ", layer, " expert ", e, ": ", status[e].message()));
+  }
+
+  // Combine per row in slot order (best expert first); lost experts' weights
+  // are left out and the remaining ones renormalised to their original sum.
   std::vector<int32_t> pos_of_slot(n_entries);
   for (size_t p = 0; p < n_entries; ++p) pos_of_slot[plan.group_slots[p]] = static_cast<int32_t>(p);
   for (int r = 0; r < plan.n_rows; ++r) {
     float* o = out + static_cast<size_t>(r) * dim;
     std::fill_n(o, dim, 0.0f);
+    float total = 0, kept = 0;
     for (int k = 0; k < plan.top_k; ++k) {
       const int slot = r * plan.top_k + k;
-      const float w = plan.weights[slot];
+      total += plan.weights[slot];
+      if (!lost[plan.experts[slot]]) kept += plan.weights[slot];
+    }
+    const float rescale = kept == total ? 1.0f : (kept > 0 ? total / kept : 0.0f);
+    for (int k = 0; k < plan.top_k; ++k) {
+      const int slot = r * plan.top_k + k;
+      if (lost[plan.experts[slot]]) continue;
+      const float w = plan.weights[slot] * rescale;
       const float* ye = y.data() + static_cast<size_t>(pos_of_slot[slot]) * dim;
       for (int64_t i = 0; i < dim; ++i) o[i] += w * ye[i];
     }

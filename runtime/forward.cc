@@ -51,7 +51,7 @@ void AddBias(float* x, const std::vector<float>& b, int n_rows) {
 }  // namespace
 
 absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCache& kv,
-                     std::vector<float>* logits) {
+                     std::vector<float>* logits, const ForwardOptions& options, ForwardReport* report) {
   const HParams& hp = model.hparams();
   const int n = static_cast<int>(rows.size());
   const int d = hp.n_embd, hd = hp.head_dim, kvd = hp.kv_dim(), qd = hp.n_head * hd;
@@ -134,8 +134,10 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
       L.router->Route(xn.data(), d, n, &plan);
       std::vector<const experts::Expert*> impls(hp.n_expert);
       for (int e = 0; e < hp.n_expert; ++e) impls[e] = model.expert(il, e);
-      if (auto s = ExpertExecutor::Run(plan, xn.data(), d, impls, ffn_out.data()); !s.ok()) {
-        return absl::Status(s.code(), StrCat("layer ", il, ": ", s.message()));
+      if (auto s = ExpertExecutor::Run(plan, xn.data(), d, il, impls, ffn_out.data(), options.expert_failure,
+                                       report ? &report->dropped : nullptr);
+          !s.ok()) {
+        return s;
       }
       if (L.shared_expert) {
         std::vector<float> shared(x.size()), gate(n);

@@ -21,8 +21,8 @@ class Config:
     n_vocab: int = 4096
     n_embd: int = 256
     n_layer: int = 4
-    n_head: int = 8
-    n_head_kv: int = 4
+    n_head: int = 4
+    n_head_kv: int = 2
     n_ff: int = 256          # per-expert FFN width
     n_expert: int = 8
     n_expert_used: int = 2
@@ -56,8 +56,8 @@ def rope_tables(n_ctx, head_dim, base):
 
 
 def apply_rope(x, cos, sin):
-    """x: [B, H, T, hd]; rotates adjacent pairs (2i, 2i+1) by theta[t, i]."""
-    T = x.shape[2]
+    """x: [..., T, hd]; rotates adjacent pairs (2i, 2i+1) by theta[t, i]."""
+    T = x.shape[-2]
     xr = x.reshape(*x.shape[:-1], -1, 2)
     x0, x1 = xr[..., 0], xr[..., 1]
     c, s = cos[:T], sin[:T]
@@ -75,23 +75,22 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.n_embd, cfg.n_head_kv * hd, bias=False)
         self.wo = nn.Linear(cfg.n_head * hd, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask_bias):
         B, T, _ = x.shape
         c = self.cfg
-        hd = c.head_dim
-        q = self.wq(x).view(B, T, c.n_head, hd).transpose(1, 2)
+        hd, g = c.head_dim, c.n_head // c.n_head_kv
+        # Query head h = kv * g + j reads KV head kv = h // g: group the g query heads
+        # of each KV head along the time axis, so K and V need no copies.
+        q = self.wq(x).view(B, T, c.n_head_kv, g, hd).permute(0, 2, 3, 1, 4)
         k = self.wk(x).view(B, T, c.n_head_kv, hd).transpose(1, 2)
         v = self.wv(x).view(B, T, c.n_head_kv, hd).transpose(1, 2)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
-        g = c.n_head // c.n_head_kv
-        if g > 1:
-            k = k.repeat_interleave(g, dim=1)
-            v = v.repeat_interleave(g, dim=1)
-        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
-        att = att.masked_fill(mask[:T, :T], float("-inf"))
+        q = apply_rope(q, cos, sin).reshape(B * c.n_head_kv, g * T, hd)
+        k = apply_rope(k, cos, sin).reshape(B * c.n_head_kv, T, hd)
+        bias = mask_bias[:T, :T].repeat(g, 1)  # [g*T, T]: 0 or -inf
+        att = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(hd))
         att = torch.softmax(att, dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, c.n_head * hd)
+        y = torch.bmm(att, v.reshape(B * c.n_head_kv, T, hd))  # [B*kv, g*T, hd]
+        y = y.view(B, c.n_head_kv, g, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, c.n_head * hd)
         return self.wo(y)
 
 
@@ -169,7 +168,8 @@ class Transformer(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         mask = torch.triu(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool), diagonal=1)
-        self.register_buffer("mask", mask, persistent=False)
+        bias = torch.zeros(cfg.n_ctx, cfg.n_ctx).masked_fill(mask, float("-inf"))
+        self.register_buffer("mask_bias", bias, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -188,7 +188,7 @@ class Transformer(nn.Module):
         aux_total = 0.0
         routing = []
         for blk in self.blocks:
-            x, aux, probs, topi = blk(x, self.cos, self.sin, self.mask)
+            x, aux, probs, topi = blk(x, self.cos, self.sin, self.mask_bias)
             aux_total = aux_total + aux
             if return_routing:
                 routing.append(topi)

@@ -102,8 +102,10 @@ def main():
     ap.add_argument("--corpus", default="build/corpus")
     ap.add_argument("--out", default="build/train")
     ap.add_argument("--tokenizer", default="build/train/tokenizer.model")
-    ap.add_argument("--steps", type=int, default=2000, help="schedule length (steps)")
-    ap.add_argument("--budget-min", type=float, default=75.0, help="stop this process after this long")
+    ap.add_argument("--train-min", type=float, default=72.0,
+                    help="schedule length in minutes of training (summed over resumed runs); the "
+                         "learning rate decays with the share of it done, training stops at its end")
+    ap.add_argument("--budget-min", type=float, default=1e9, help="stop this process after this long")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -165,15 +167,17 @@ def main():
                     "ppl_prose", "ppl_c", "ppl_python"])
 
     def lr_at(s):
+        # Time-based schedule: linear warm-up over --warmup steps, then cosine decay to
+        # min-lr-frac over the --train-min minutes, so a slower machine still finishes it.
         if s < args.warmup:
             return args.lr * (s + 1) / args.warmup
-        t = min(1.0, (s - args.warmup) / max(1, args.steps - args.warmup))
+        t = min(1.0, train_seconds / (args.train_min * 60))
         return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
     start = time.time()
     last_ckpt = time.time()
     ema = None
-    while step < args.steps and time.time() - start < args.budget_min * 60:
+    while train_seconds < args.train_min * 60 and time.time() - start < args.budget_min * 60:
         t0 = time.time()
         rng = np.random.default_rng(args.seed * 1_000_003 + step)
         x, y = get_batch(data, args.batch, args.seq, rng)
@@ -196,7 +200,7 @@ def main():
                   f"{x.numel() / (time.time() - t0):.0f} tok/s  {train_seconds / 60:.1f} min",
                   flush=True)
         ppls = ["", "", ""]
-        if step % args.eval_every == 0 or step == args.steps:
+        if step % args.eval_every == 0 or train_seconds >= args.train_min * 60:
             ppls = [f"{eval_ppl(model, held[d], 128, max_chunks=64):.3f}" for d in DOMAINS]
             print(f"eval step {step}: ppl prose/c/python {ppls}", flush=True)
         if step % 10 == 0 or ppls[0]:
