@@ -12,6 +12,10 @@
 #include <tbb/global_control.h>
 
 #include "base/str_cat.h"
+#include "cli/bench.h"
+#include "cli/client.h"
+#include "server/serve.h"
+#include "server/expert_node.h"
 #include "kernels/cpu_features.h"
 #include "kernels/kernels.h"
 #include "runtime/generate.h"
@@ -232,7 +236,54 @@ int main(int argc, char** argv) {
   perplexity->add_option("-c,--ctx-size", ppl_ctx, "tokens per chunk (default 512)")->check(CLI::Range(4, 1 << 20));
   ppl_threads.Add(perplexity);
 
+  server::ServeArgs serve_args;
+  CLI::App* serve = app.add_subcommand("serve", "run a router node: gRPC micromoe.v1.Generation over continuous batching");
+  serve->add_option("-m,--model", serve_args.model, "GGUF model file")->required();
+  serve->add_option("--listen", serve_args.listen, "address to listen on (default 127.0.0.1:50051; port 0 picks one)");
+  serve->add_option("--placement", serve_args.placement, "JSON file placing experts on expert nodes (default: all local)");
+  serve->add_option("-t,--threads", serve_args.threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+  serve->add_option("--max-sequences", serve_args.max_sequences, "concurrent sequences; more get RESOURCE_EXHAUSTED (default 8)");
+  serve->add_option("-c,--ctx-size", serve_args.n_ctx, "positions per sequence (default 2048, at most the model's)")->check(CLI::Range(16, 1 << 20));
+  serve->add_option("--on-expert-failure", serve_args.on_expert_failure, "fail | degrade (default fail)");
+
+  cli::ClientGenerateArgs client_args;
+  CLI::App* client = app.add_subcommand("client", "talk to a router node");
+  client->require_subcommand(1);
+  CLI::App* client_generate = client->add_subcommand("generate", "stream a continuation from the server");
+  client_generate->add_option("--server", client_args.server, "router address (default 127.0.0.1:50051)");
+  client_generate->add_option("-p,--prompt", client_args.prompt, "prompt text")->required();
+  client_generate->add_option("-n,--n-predict", client_args.n, "tokens to generate (default 64)");
+  client_generate->add_option("--temp", client_args.temperature, "temperature (0: greedy)");
+  client_generate->add_option("--top-k", client_args.top_k, "top-k");
+  client_generate->add_option("--top-p", client_args.top_p, "top-p");
+  client_generate->add_option("--seed", client_args.seed, "random seed");
+  client_generate->add_option("--timeout", client_args.timeout_s, "seconds before giving up (default 600)");
+  std::string info_server = "127.0.0.1:50051";
+  CLI::App* client_info = client->add_subcommand("info", "print the server's model information");
+  client_info->add_option("--server", info_server, "router address (default 127.0.0.1:50051)");
+
+  cli::BenchArgs bench_args;
+  CLI::App* bench = app.add_subcommand("bench", "prompt and generation tokens/s, with the memory-bandwidth bound");
+  bench->add_option("-m,--model", bench_args.model, "GGUF model file")->required();
+  bench->add_option("-p,--n-prompt", bench_args.n_prompt, "prompt tokens (default 128)");
+  bench->add_option("-n,--n-gen", bench_args.n_gen, "generated tokens (default 64)");
+  bench->add_option("-t,--threads", bench_args.threads, "thread counts, comma separated (default 1,2)")->delimiter(',');
+  bench->add_option("-r,--repetitions", bench_args.repetitions, "repetitions (default 3)");
+  bench->add_flag("--json", bench_args.json, "print the rows as a JSON array");
+
+  server::ExpertNodeArgs node_args;
+  CLI::App* expert_node = app.add_subcommand("expert-node", "serve some of a model's experts to router nodes (micromoe.v1.ExpertHost)");
+  expert_node->add_option("-m,--model", node_args.model, "GGUF model file")->required();
+  expert_node->add_option("--experts", node_args.experts_spec, "experts to serve: LAYERS:EXPERTS[,...], e.g. 0-7:0-3 or *:0-3")->required();
+  expert_node->add_option("--listen", node_args.listen, "address to listen on (default 127.0.0.1:50061; port 0 picks one)");
+  expert_node->add_option("-t,--threads", node_args.threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+
   CLI11_PARSE(app, argc, argv);
+  if (*expert_node) return server::RunExpertNode(node_args);
+  if (*bench) return cli::RunBench(bench_args);
+  if (*serve) return server::RunServe(serve_args);
+  if (*client_generate) return cli::RunClientGenerate(client_args);
+  if (*client_info) return cli::RunClientInfo(info_server, 30);
 
   if (*inspect) {
     if (inspect_path.empty() && !inspect_cpu) {

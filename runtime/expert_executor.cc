@@ -1,6 +1,7 @@
 #include "runtime/expert_executor.h"
 
 #include <algorithm>
+#include <future>
 #include <map>
 
 #include <tbb/task_group.h>
@@ -35,16 +36,18 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
     }
   }
 
-  tbb::task_group tg;
-  // Remote calls first, so they overlap the local experts.
+  // Remote calls first, each on a thread of its own (they mostly wait on the
+  // network), so they overlap the local experts even with one worker thread.
+  std::vector<std::future<void>> remote_calls;
   for (auto& [group, ids] : remote) {
-    tg.run([&, group = group, ids = ids] {
+    remote_calls.push_back(std::async(std::launch::async, [&, group = group, ids = ids] {
       std::vector<experts::ExpertCall> calls;
       for (int e : ids) calls.push_back({e, rows_in(e), plan.rows_for(e), rows_out(e)});
       const absl::Status s = group->ForwardBatch(layer, calls);
       for (int e : ids) status[e] = s;
-    });
+    }));
   }
+  tbb::task_group tg;
   for (size_t i = 0; i < local.size(); ++i) {
     const int e = local[i];
     auto run = [&, e] { status[e] = experts[e]->Forward(rows_in(e), plan.rows_for(e), rows_out(e)); };
@@ -56,6 +59,7 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
     }
   }
   tg.wait();
+  for (auto& call : remote_calls) call.wait();
 
   std::vector<bool> lost(plan.n_experts, false);
   for (int e = 0; e < plan.n_experts; ++e) {

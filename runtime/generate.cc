@@ -136,27 +136,27 @@ std::string Utf8Stream::Push(std::string_view bytes) {
   while (i < pending_.size()) {
     const unsigned char c = pending_[i];
     const int len = Utf8Length(c);
-    if (len == 0) {
-      out += "\xEF\xBF\xBD";
-      ++i;
-      continue;
-    }
-    if (i + len > pending_.size()) {
-      // Incomplete: keep waiting only if the continuation bytes so far are valid.
-      bool ok = true;
-      for (size_t j = i + 1; j < pending_.size(); ++j) ok &= (static_cast<unsigned char>(pending_[j]) & 0xC0) == 0x80;
-      if (ok) break;
-      out += "\xEF\xBF\xBD";
-      ++i;
-      continue;
-    }
-    bool ok = true;
-    for (int j = 1; j < len; ++j) ok &= (static_cast<unsigned char>(pending_[i + j]) & 0xC0) == 0x80;
-    if (ok) {
+    // Checks continuation byte j of the sequence at i (RFC 3629 ranges: no
+    // overlongs, no surrogates, nothing above U+10FFFF).
+    auto continuation_ok = [&](size_t j) {
+      const unsigned char b = pending_[i + j];
+      if ((b & 0xC0) != 0x80) return false;
+      if (j != 1) return true;
+      if (c == 0xE0) return b >= 0xA0;
+      if (c == 0xED) return b <= 0x9F;
+      if (c == 0xF0) return b >= 0x90;
+      if (c == 0xF4) return b <= 0x8F;
+      return true;
+    };
+    size_t good = 1;
+    while (len > 0 && good < static_cast<size_t>(len) && i + good < pending_.size() && continuation_ok(good)) ++good;
+    if (len > 0 && good == static_cast<size_t>(len)) {
       out.append(pending_, i, len);
       i += len;
+    } else if (len > 0 && i + good == pending_.size()) {
+      break;  // a valid prefix: wait for the rest
     } else {
-      out += "\xEF\xBF\xBD";
+      out += "\xEF\xBF\xBD";  // invalid lead or continuation
       ++i;
     }
   }

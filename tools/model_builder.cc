@@ -61,7 +61,8 @@ std::vector<std::string> TinyVocabulary() {
 
 void BuildTinyModel(const TinyModelSpec& s, gguf::Writer* w) {
   const std::string a = s.arch;
-  const std::vector<std::string> vocab = TinyVocabulary();
+  std::vector<std::string> vocab = TinyVocabulary();
+  for (int i = static_cast<int>(vocab.size()); i < s.n_vocab; ++i) vocab.push_back(StrCat("<extra_", i, ">"));
   const uint64_t n_vocab = vocab.size();
   w->SetString("general.architecture", a);
   w->SetString("general.name", StrCat("micromoe-tiny-", s.n_expert, "x", s.n_embd));

@@ -24,6 +24,7 @@ struct TinyModelSpec {
   float rope_base = 10000.0f;
   bool tied_output = false;
   gguf::TensorType weight_type = gguf::TensorType::kF32;  // matrices; norms stay F32
+  int n_vocab = 0;  // 0: the tiny vocabulary as is; larger pads it with filler pieces
   uint64_t seed = 1;
   float weight_scale = 0.15f;  // uniform(-s, s) for matrices
 };
