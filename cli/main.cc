@@ -14,6 +14,7 @@
 #include "base/str_cat.h"
 #include "cli/bench.h"
 #include "cli/client.h"
+#include "cli/quantize.h"
 #include "server/serve.h"
 #include "server/expert_node.h"
 #include "kernels/cpu_features.h"
@@ -278,7 +279,16 @@ int main(int argc, char** argv) {
   expert_node->add_option("--listen", node_args.listen, "address to listen on (default 127.0.0.1:50061; port 0 picks one)");
   expert_node->add_option("-t,--threads", node_args.threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
 
+  cli::QuantizeArgs quantize_args;
+  CLI::App* quantize = app.add_subcommand("quantize", "rewrite a model with its matrices in another weight type");
+  quantize->add_option("input", quantize_args.input, "input GGUF model")->required();
+  quantize->add_option("output", quantize_args.output, "output GGUF file")->required();
+  quantize->add_option("type", quantize_args.type, "f32 | f16 | bf16 | q8_0 | q4_0")->required();
+  quantize->add_option("--experts-type", quantize_args.experts_type, "type of the stacked expert tensors (default: TYPE)");
+  quantize->add_flag("--keep-router-f32", quantize_args.keep_router_f32, "keep the router (gate) tensors in F32");
+
   CLI11_PARSE(app, argc, argv);
+  if (*quantize) return cli::RunQuantize(quantize_args);
   if (*expert_node) return server::RunExpertNode(node_args);
   if (*bench) return cli::RunBench(bench_args);
   if (*serve) return server::RunServe(serve_args);

@@ -122,6 +122,47 @@ TEST(Cli, BadArgumentsFailWithAMessage) {
   EXPECT_THAT(t.err, HasSubstr("/nonexistent/file"));
 }
 
+double PerplexityOf(const std::string& model, const std::string& text_file) {
+  const Result r = RunCli("perplexity -m " + model + " -f " + text_file + " -c 16");
+  double ppl = 0;
+  const size_t at = r.out.rfind("PPL = ");
+  if (at != std::string::npos) ppl = std::atof(r.out.c_str() + at + 6);
+  return ppl;
+}
+
+TEST(Cli, QuantizeWritesPerClassTypesThatLoadAndAgree) {
+  const std::string in = WriteModel("quant_in");
+  const std::string text = ::testing::TempDir() + "/quant_text.txt";
+  std::ofstream(text) << "the license of the free software and the program code for you; " << std::string(300, 'e');
+  const std::string q8 = ::testing::TempDir() + "/quant_q8.gguf";
+  Result r = RunCli("quantize " + in + " " + q8 + " q8_0");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Result inspect = RunCli("inspect " + q8);
+  EXPECT_THAT(inspect.out, ::testing::ContainsRegex("blk.0.ffn_up_exps.weight +Q8_0"));
+  EXPECT_THAT(inspect.out, ::testing::ContainsRegex("blk.0.attn_norm.weight +F32"));
+  const double base = PerplexityOf(in, text), quantized = PerplexityOf(q8, text);
+  ASSERT_GT(base, 1.0);
+  EXPECT_NEAR(quantized / base, 1.0, 0.01);
+
+  const std::string mixed = ::testing::TempDir() + "/quant_mixed.gguf";
+  r = RunCli("quantize " + in + " " + mixed + " f16 --experts-type q4_0 --keep-router-f32");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Result mixed_inspect = RunCli("inspect " + mixed);
+  EXPECT_THAT(mixed_inspect.out, ::testing::ContainsRegex("blk.0.ffn_down_exps.weight +Q4_0"));
+  EXPECT_THAT(mixed_inspect.out, ::testing::ContainsRegex("blk.0.ffn_gate_inp.weight +F32"));
+  EXPECT_THAT(mixed_inspect.out, ::testing::ContainsRegex("blk.0.attn_q.weight +F16"));
+}
+
+TEST(Cli, QuantizeRejectsAnUnknownTypeAndABadInput) {
+  const std::string in = WriteModel("quant_bad");
+  Result r = RunCli("quantize " + in + " " + ::testing::TempDir() + "/x.gguf q3_x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("unknown type 'q3_x'"));
+  r = RunCli("quantize /nonexistent.gguf " + ::testing::TempDir() + "/y.gguf q8_0");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("cannot open"));
+}
+
 // A malformed file must fail both `inspect` and `generate` with a message that names the problem.
 void ExpectRejected(const std::string& path, const std::string& message_part) {
   for (const std::string cmd : {"inspect " + path, "generate -m " + path + " -p hi -n 2"}) {

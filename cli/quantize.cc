@@ -1,0 +1,110 @@
+#include "cli/quantize.h"
+
+#include <cstdio>
+#include <vector>
+
+#include "base/str_cat.h"
+#include "gguf/gguf.h"
+#include "gguf/writer.h"
+#include "kernels/kernels.h"
+#include "kernels/quantize.h"
+#include "runtime/model.h"
+
+namespace micromoe::cli {
+namespace {
+
+using gguf::TensorType;
+
+struct TypeName {
+  const char* name;
+  TensorType type;
+  uint32_t file_type;  // general.file_type as GGUF engines number it
+};
+
+constexpr TypeName kTypes[] = {
+    {"f32", TensorType::kF32, 0}, {"f16", TensorType::kF16, 1}, {"bf16", TensorType::kBF16, 32},
+    {"q8_0", TensorType::kQ8_0, 7}, {"q4_0", TensorType::kQ4_0, 2},
+};
+
+const TypeName* ParseType(const std::string& s) {
+  for (const TypeName& t : kTypes) {
+    if (s == t.name) return &t;
+  }
+  return nullptr;
+}
+
+bool EndsWith(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+int Fail(const std::string& msg) {
+  std::fprintf(stderr, "error: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int RunQuantize(const QuantizeArgs& a) {
+  const TypeName* type = ParseType(a.type);
+  if (!type) return Fail(StrCat("unknown type '", a.type, "' (f32, f16, bf16, q8_0, q4_0)"));
+  const TypeName* experts_type = a.experts_type.empty() ? type : ParseType(a.experts_type);
+  if (!experts_type) return Fail(StrCat("unknown --experts-type '", a.experts_type, "' (f32, f16, bf16, q8_0, q4_0)"));
+  if (a.input == a.output) return Fail("the output must be a different file from the input");
+  // Loading the model validates the input completely before anything is written.
+  runtime::LoadOptions load;
+  load.load_tokenizer = false;
+  auto model = runtime::Model::Load(a.input, load);
+  if (!model.ok()) return Fail(std::string(model.status().message()));
+  const gguf::File& in = (*model)->file();
+
+  gguf::Writer out;
+  for (const auto& [key, value] : in.metadata()) {
+    if (key != "general.file_type" && key != "general.alignment") out.SetValue(key, value);
+  }
+  out.SetU32("general.file_type", type->file_type);
+  out.SetU32("general.quantization_version", 2);
+
+  std::vector<float> row;
+  size_t index = 0;
+  for (const gguf::TensorInfo& t : in.tensors()) {
+    ++index;
+    TensorType target = type->type;
+    if (t.n_dims == 1) {
+      target = TensorType::kF32;  // norms and biases
+    } else if (EndsWith(t.name, "_exps.weight")) {
+      target = experts_type->type;
+    } else if (a.keep_router_f32 && (EndsWith(t.name, "ffn_gate_inp.weight") || EndsWith(t.name, "ffn_gate_inp_shexp.weight"))) {
+      target = TensorType::kF32;
+    }
+    const gguf::TypeTraits* traits = gguf::FindTypeTraits(static_cast<uint32_t>(target));
+    if (t.ne[0] % traits->block_elements != 0) {
+      std::fprintf(stderr, "note: %s has rows of %llu, not a multiple of %u: written as F16\n", t.name.c_str(),
+                   static_cast<unsigned long long>(t.ne[0]), traits->block_elements);
+      target = TensorType::kF16;
+      traits = gguf::FindTypeTraits(static_cast<uint32_t>(target));
+    }
+    const int64_t cols = static_cast<int64_t>(t.ne[0]);
+    const int64_t rows = static_cast<int64_t>(t.n_elements / t.ne[0]);
+    const uint64_t out_row_bytes = cols / traits->block_elements * traits->block_bytes;
+    std::vector<uint8_t> data(out_row_bytes * rows);
+    row.resize(cols);
+    const uint64_t in_row_bytes = t.n_bytes / rows;
+    for (int64_t r = 0; r < rows; ++r) {
+      kernels::DequantizeRow(t.type, t.data + r * in_row_bytes, row.data(), cols);
+      kernels::QuantizeRow(target, row.data(), data.data() + r * out_row_bytes, cols);
+    }
+    std::vector<uint64_t> ne(t.ne.begin(), t.ne.begin() + t.n_dims);
+    out.AddTensor(t.name, target, ne, std::move(data));
+    std::fprintf(stderr, "[%zu/%zu] %-36s %-5s -> %s\n", index, in.tensors().size(), t.name.c_str(),
+                 std::string(gguf::TypeName(t.type)).c_str(), std::string(gguf::TypeName(target)).c_str());
+  }
+  if (auto s = out.WriteFile(a.output); !s.ok()) return Fail(std::string(s.message()));
+  // The result must load as a model, as any GGUF engine would read it.
+  auto check = runtime::Model::Load(a.output);
+  if (!check.ok()) return Fail(StrCat("the written file does not load: ", check.status().message()));
+  std::fprintf(stderr, "wrote %s: %.1f MiB -> %.1f MiB\n", a.output.c_str(), in.size() / 1048576.0,
+               (*check)->file().size() / 1048576.0);
+  return 0;
+}
+
+}  // namespace micromoe::cli
