@@ -1,1 +1,269 @@
-int main(){}
+// Kernel micro-benchmarks, for every back-end this CPU runs (scalar, avx2,
+// avx512; unavailable ones are not registered):
+//   row/<kernel>/<backend>        one row primitive on rows of 4096 elements
+//                                 (in L1: the kernel's compute speed);
+//   matmul/<type>/<backend>       W x for one activation row, W 2816 x 1024,
+//                                 single-threaded, rotating through enough
+//                                 copies of W (>= 256 MiB) that every
+//                                 iteration streams its weights from memory;
+//   matmul_parallel/<type>/threads:N  the same through ParallelMatMul (the
+//                                 oneTBB row split the experts use), active
+//                                 back-end.
+// bytes_per_second counts the bytes the kernel reads (weights for matmul);
+// bw_frac divides it by the read bandwidth measured at start-up with the
+// same number of threads.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <tbb/global_control.h>
+
+#include "bench/bench_common.h"
+#include "experts/local_expert.h"
+#include "gguf/types.h"
+#include "kernels/kernel_set.h"
+#include "kernels/kernels.h"
+#include "kernels/quant.h"
+#include "kernels/quantize.h"
+
+namespace micromoe::bench {
+namespace {
+
+using gguf::TensorType;
+using kernels::KernelSet;
+
+constexpr int64_t kRow = 4096;                    // elements per row benchmark
+constexpr int64_t kRows = 2816, kCols = 1024;     // the benchmark model's expert gate/up shape
+constexpr uint64_t kMinWorkingSet = 256ull << 20;  // bytes of weights rotated through
+
+uint64_t RowBytes(TensorType type, int64_t n) {
+  const gguf::TypeTraits* t = gguf::FindTypeTraits(static_cast<uint32_t>(type));
+  return static_cast<uint64_t>(n) / t->block_elements * t->block_bytes;
+}
+
+std::vector<float> RandomFloats(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng);
+  return v;
+}
+
+// A weight matrix of `type` with realistic values: quantized from random
+// floats where micromoe can quantize to the type; otherwise random bits with
+// the block scales set to a small normal fp16 (no NaN, inf or subnormal).
+std::vector<uint8_t> RandomMatrix(TensorType type, int64_t rows, int64_t cols, uint32_t seed) {
+  if (kernels::CanQuantizeTo(type)) {
+    const std::vector<float> f = RandomFloats(static_cast<size_t>(rows) * cols, seed);
+    return kernels::QuantizeTensor(type, f.data(), rows, cols);
+  }
+  std::vector<uint8_t> bytes(RowBytes(type, cols) * rows);
+  std::mt19937 rng(seed);
+  for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+  const uint16_t scale = kernels::Fp32ToFp16(0.01f);
+  const size_t n_blocks = bytes.size() / RowBytes(type, kernels::kQK_K);
+  for (size_t i = 0; i < n_blocks; ++i) {
+    if (type == TensorType::kQ4_K) {
+      auto* b = reinterpret_cast<kernels::BlockQ4_K*>(bytes.data()) + i;
+      b->d = b->dmin = scale;
+    } else if (type == TensorType::kQ5_K) {
+      auto* b = reinterpret_cast<kernels::BlockQ5_K*>(bytes.data()) + i;
+      b->d = b->dmin = scale;
+    } else if (type == TensorType::kQ6_K) {
+      auto* b = reinterpret_cast<kernels::BlockQ6_K*>(bytes.data()) + i;
+      b->d = scale;
+    }
+  }
+  return bytes;
+}
+
+// ------------------------------------------------------------ row kernels --
+
+enum class RowKernel { kDotF32, kAxpyF32, kF16, kBf16, kQ8_0, kQ4_0, kQuantizeQ8_0, kDotQ8_0, kDotQ4_0 };
+
+struct RowKernelInfo {
+  RowKernel kernel;
+  const char* name;
+};
+constexpr RowKernelInfo kRowKernels[] = {
+    {RowKernel::kDotF32, "dot_f32"},         {RowKernel::kAxpyF32, "axpy_f32"},
+    {RowKernel::kF16, "f16_to_f32"},         {RowKernel::kBf16, "bf16_to_f32"},
+    {RowKernel::kQ8_0, "q8_0_to_f32"},       {RowKernel::kQ4_0, "q4_0_to_f32"},
+    {RowKernel::kQuantizeQ8_0, "quantize_q8_0"}, {RowKernel::kDotQ8_0, "dot_q8_0_q8_0"},
+    {RowKernel::kDotQ4_0, "dot_q4_0_q8_0"},
+};
+
+void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel, double bandwidth) {
+  const std::vector<float> a = RandomFloats(kRow, 1), b = RandomFloats(kRow, 2);
+  std::vector<float> out(kRow);
+  const std::vector<uint8_t> f16 = kernels::QuantizeTensor(TensorType::kF16, a.data(), 1, kRow);
+  const std::vector<uint8_t> bf16 = kernels::QuantizeTensor(TensorType::kBF16, a.data(), 1, kRow);
+  const std::vector<uint8_t> q8 = kernels::QuantizeTensor(TensorType::kQ8_0, a.data(), 1, kRow);
+  const std::vector<uint8_t> q4 = kernels::QuantizeTensor(TensorType::kQ4_0, a.data(), 1, kRow);
+  const std::vector<uint8_t> x8 = kernels::QuantizeTensor(TensorType::kQ8_0, b.data(), 1, kRow);
+  std::vector<uint8_t> q8_out(q8.size());
+  double bytes = 0;  // bytes read per call
+  switch (kernel) {
+    case RowKernel::kDotF32:
+      for (auto _ : state) benchmark::DoNotOptimize(ks->dot_f32(a.data(), b.data(), kRow));
+      bytes = 2.0 * kRow * sizeof(float);
+      break;
+    case RowKernel::kAxpyF32:
+      for (auto _ : state) {
+        ks->axpy_f32(1e-7f, a.data(), out.data(), kRow);
+        benchmark::ClobberMemory();
+      }
+      bytes = 2.0 * kRow * sizeof(float);  // x and y
+      break;
+    case RowKernel::kF16:
+    case RowKernel::kBf16:
+    case RowKernel::kQ8_0:
+    case RowKernel::kQ4_0: {
+      const auto fn = kernel == RowKernel::kF16    ? ks->f16_to_f32
+                      : kernel == RowKernel::kBf16 ? ks->bf16_to_f32
+                      : kernel == RowKernel::kQ8_0 ? ks->q8_0_to_f32
+                                                   : ks->q4_0_to_f32;
+      const std::vector<uint8_t>& src = kernel == RowKernel::kF16    ? f16
+                                        : kernel == RowKernel::kBf16 ? bf16
+                                        : kernel == RowKernel::kQ8_0 ? q8
+                                                                     : q4;
+      for (auto _ : state) {
+        fn(src.data(), out.data(), kRow);
+        benchmark::ClobberMemory();
+      }
+      bytes = static_cast<double>(src.size());
+      break;
+    }
+    case RowKernel::kQuantizeQ8_0:
+      for (auto _ : state) {
+        ks->quantize_q8_0(a.data(), q8_out.data(), kRow);
+        benchmark::ClobberMemory();
+      }
+      bytes = kRow * sizeof(float);
+      break;
+    case RowKernel::kDotQ8_0:
+      for (auto _ : state) benchmark::DoNotOptimize(ks->dot_q8_0_q8_0(q8.data(), x8.data(), kRow));
+      bytes = static_cast<double>(q8.size() + x8.size());
+      break;
+    case RowKernel::kDotQ4_0:
+      for (auto _ : state) benchmark::DoNotOptimize(ks->dot_q4_0_q8_0(q4.data(), x8.data(), kRow));
+      bytes = static_cast<double>(q4.size() + x8.size());
+      break;
+  }
+  ReportBytes(state, bytes, bandwidth);
+  state.SetItemsProcessed(state.iterations() * kRow);  // elements
+}
+
+// ------------------------------------------------------- matrix products --
+
+// Copies of one random matrix of a type, together at least kMinWorkingSet
+// bytes, each 64-byte aligned. Holds one type at a time (benchmarks run type
+// by type), so memory stays near the working set.
+class WeightPool {
+ public:
+  const std::vector<kernels::MatrixView>& Get(TensorType type) {
+    if (type == type_ && !views_.empty()) return views_;
+    views_.clear();
+    buffer_.clear();
+    buffer_.shrink_to_fit();
+    const std::vector<uint8_t> one = RandomMatrix(type, kRows, kCols, 42);
+    const uint64_t stride = (one.size() + 63) / 64 * 64;
+    const uint64_t copies = std::max<uint64_t>(2, (kMinWorkingSet + one.size() - 1) / one.size());
+    buffer_.resize(stride * copies + 64);
+    uint8_t* base = buffer_.data() + (64 - reinterpret_cast<uintptr_t>(buffer_.data()) % 64) % 64;
+    for (uint64_t i = 0; i < copies; ++i) {
+      std::memcpy(base + i * stride, one.data(), one.size());
+      views_.push_back({type, base + i * stride, kRows, kCols, RowBytes(type, kCols)});
+    }
+    type_ = type;
+    return views_;
+  }
+
+ private:
+  TensorType type_ = TensorType::kF32;
+  std::vector<uint8_t> buffer_;
+  std::vector<kernels::MatrixView> views_;
+};
+
+WeightPool& Pool() {
+  static WeightPool pool;
+  return pool;
+}
+
+void BM_MatMul(benchmark::State& state, const KernelSet* ks, TensorType type, double bandwidth) {
+  const std::vector<kernels::MatrixView>& w = Pool().Get(type);
+  const std::vector<float> x = RandomFloats(kCols, 3);
+  std::vector<float> y(kRows);
+  size_t i = 0;
+  for (auto _ : state) {
+    kernels::MatMul(w[i], x.data(), kCols, 1, y.data(), kRows, *ks);
+    benchmark::DoNotOptimize(y.data());
+    if (++i == w.size()) i = 0;
+  }
+  ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth);
+  state.counters["matrices"] = static_cast<double>(w.size());
+}
+
+void BM_ParallelMatMul(benchmark::State& state, TensorType type, Bandwidth bandwidth) {
+  const int threads = static_cast<int>(state.range(0));
+  tbb::global_control control(tbb::global_control::max_allowed_parallelism, threads);
+  const std::vector<kernels::MatrixView>& w = Pool().Get(type);
+  const std::vector<float> x = RandomFloats(kCols, 3);
+  std::vector<float> y(kRows);
+  size_t i = 0;
+  for (auto _ : state) {
+    experts::ParallelMatMul(w[i], x.data(), kCols, 1, y.data(), kRows);
+    benchmark::DoNotOptimize(y.data());
+    if (++i == w.size()) i = 0;
+  }
+  ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth.at(threads));
+}
+
+constexpr TensorType kMatMulTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0,
+                                       TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ6_K};
+
+void RegisterAll(const Bandwidth& bw) {
+  std::vector<const KernelSet*> backends = {&kernels::ScalarKernels()};
+  if (const KernelSet* k = kernels::Avx2Kernels()) backends.push_back(k);
+  if (const KernelSet* k = kernels::Avx512Kernels()) backends.push_back(k);
+  for (const RowKernelInfo& rk : kRowKernels) {
+    for (const KernelSet* ks : backends) {
+      benchmark::RegisterBenchmark((std::string("row/") + rk.name + "/" + ks->name).c_str(), BM_RowKernel, ks,
+                                   rk.kernel, bw.at(1))
+          ->UseRealTime();
+    }
+  }
+  // Grouped by type so the weight pool is built once per type.
+  for (TensorType type : kMatMulTypes) {
+    const std::string t(gguf::TypeName(type));
+    for (const KernelSet* ks : backends) {
+      benchmark::RegisterBenchmark(("matmul/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type, bw.at(1))
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+    auto* b = benchmark::RegisterBenchmark(("matmul_parallel/" + t).c_str(), BM_ParallelMatMul, type, bw);
+    b->ArgName("threads")->UseRealTime()->Unit(benchmark::kMicrosecond);
+    for (int threads = 1; threads <= MaxBenchThreads(); ++threads) b->Arg(threads);
+  }
+}
+
+}  // namespace
+}  // namespace micromoe::bench
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  using namespace micromoe::bench;
+  std::fprintf(stderr, "matmul: %lld x %lld weights, one activation row; >= %llu MiB of weights rotated per type\n",
+               static_cast<long long>(kRows), static_cast<long long>(kCols),
+               static_cast<unsigned long long>(kMinWorkingSet >> 20));
+  RegisterAll(DescribeMachineAndMeasure(MaxBenchThreads()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

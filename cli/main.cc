@@ -15,6 +15,7 @@
 #include "cli/bench.h"
 #include "cli/client.h"
 #include "cli/quantize.h"
+#include "cli/route_stats.h"
 #include "server/serve.h"
 #include "server/expert_node.h"
 #include "kernels/cpu_features.h"
@@ -287,7 +288,20 @@ int main(int argc, char** argv) {
   quantize->add_option("--experts-type", quantize_args.experts_type, "type of the stacked expert tensors (default: TYPE)");
   quantize->add_flag("--keep-router-f32", quantize_args.keep_router_f32, "keep the router (gate) tensors in F32");
 
+  cli::RouteStatsArgs route_args;
+  ThreadOption route_threads;
+  CLI::App* route = app.add_subcommand("route-stats", "per layer, the share of tokens each expert gets and the routing entropy");
+  route->add_option("-m,--model", route_args.model, "GGUF model file")->required();
+  route->add_option("-f,--file", route_args.text_file, "text file")->required();
+  route->add_option("-c,--ctx-size", route_args.n_ctx, "tokens per chunk (default 128)");
+  route->add_option("--svg", route_args.svg, "write a layers x experts heat-map here");
+  route_threads.Add(route);
+
   CLI11_PARSE(app, argc, argv);
+  if (*route) {
+    auto control = route_threads.Apply();
+    return cli::RunRouteStats(route_args);
+  }
   if (*quantize) return cli::RunQuantize(quantize_args);
   if (*expert_node) return server::RunExpertNode(node_args);
   if (*bench) return cli::RunBench(bench_args);

@@ -2,10 +2,12 @@
 // rejection of malformed model files by `inspect` and `generate`.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -161,6 +163,33 @@ TEST(Cli, QuantizeRejectsAnUnknownTypeAndABadInput) {
   r = RunCli("quantize /nonexistent.gguf " + ::testing::TempDir() + "/y.gguf q8_0");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("cannot open"));
+}
+
+TEST(Cli, RouteStatsSharesSumToOneHundredPerLayerAndWriteAHeatMap) {
+  const std::string text = ::testing::TempDir() + "/route_text.txt";
+  std::ofstream(text) << "the license of the free software and the program code for you; " << std::string(100, 'x');
+  const std::string svg = ::testing::TempDir() + "/route.svg";
+  const Result r = RunCli("route-stats -m " + WriteModel("route") + " -f " + text + " --svg " + svg);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string line;
+  int layers = 0;
+  while (std::getline(lines, line)) {
+    int layer;
+    double e[4], entropy;
+    if (std::sscanf(line.c_str(), "%d %lf %lf %lf %lf %lf", &layer, &e[0], &e[1], &e[2], &e[3], &entropy) == 6) {
+      EXPECT_NEAR(e[0] + e[1] + e[2] + e[3], 100.0, 0.3) << line;
+      EXPECT_GE(entropy, 0.0);
+      EXPECT_LE(entropy, 2.0 + 1e-9);
+      ++layers;
+    }
+  }
+  EXPECT_EQ(layers, 2);
+  std::ifstream in(svg);
+  const std::string content((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_THAT(content, HasSubstr("<svg"));
+  EXPECT_EQ(std::count(content.begin(), content.end(), '\n') > 8, true);
+  EXPECT_THAT(content, HasSubstr("layer 1 expert 3"));
 }
 
 // A malformed file must fail both `inspect` and `generate` with a message that names the problem.
