@@ -14,6 +14,7 @@
 #include "base/str_cat.h"
 #include "cli/bench.h"
 #include "cli/client.h"
+#include "cli/default_model.h"
 #include "cli/quantize.h"
 #include "cli/route_stats.h"
 #include "server/serve.h"
@@ -198,19 +199,20 @@ int RunPerplexity(const std::string& path, const std::string& text_file, int n_c
 
 int main(int argc, char** argv) {
   using namespace micromoe;
+  const std::string kModelHelp = StrCat("GGUF model file (default: ", cli::kDefaultModelFile, ", see the README)");
   CLI::App app{"micromoe: Mixture-of-Experts inference on CPUs and edge clusters"};
   app.require_subcommand(1);
 
   std::string model_path, inspect_path;
   bool inspect_cpu = false;
   CLI::App* inspect = app.add_subcommand("inspect", "validate a GGUF model and print its architecture and tensors");
-  inspect->add_option("model", inspect_path, "GGUF model file");
+  inspect->add_option("model", inspect_path, kModelHelp);
   inspect->add_flag("--cpu", inspect_cpu, "print the CPU features and the kernels chosen");
 
   std::string text;
   bool ids_only = false, no_bos = false, special = false;
   CLI::App* tokenize = app.add_subcommand("tokenize", "print the tokens of a text");
-  tokenize->add_option("-m,--model", model_path, "GGUF model file")->required();
+  tokenize->add_option("-m,--model", model_path, kModelHelp);
   tokenize->add_option("-p,--prompt", text, "text to tokenize")->required();
   tokenize->add_flag("--ids", ids_only, "print only the ids, as one JSON array");
   tokenize->add_flag("--no-bos", no_bos, "do not add BOS");
@@ -219,7 +221,7 @@ int main(int argc, char** argv) {
   GenerateArgs gen;
   ThreadOption gen_threads;
   CLI::App* generate = app.add_subcommand("generate", "continue a prompt");
-  generate->add_option("-m,--model", gen.model, "GGUF model file")->required();
+  generate->add_option("-m,--model", gen.model, kModelHelp);
   generate->add_option("-p,--prompt", gen.prompt, "prompt text")->required();
   generate->add_option("-n,--n-predict", gen.n, "tokens to generate (default 64)")->check(CLI::Range(0, 1 << 20));
   generate->add_option("-c,--ctx-size", gen.n_ctx, "context size (default: prompt + n, at most the model's)")->check(CLI::Range(0, 1 << 20));
@@ -233,14 +235,14 @@ int main(int argc, char** argv) {
   int ppl_ctx = 512;
   ThreadOption ppl_threads;
   CLI::App* perplexity = app.add_subcommand("perplexity", "perplexity of a text file");
-  perplexity->add_option("-m,--model", model_path, "GGUF model file")->required();
+  perplexity->add_option("-m,--model", model_path, kModelHelp);
   perplexity->add_option("-f,--file", text_file, "text file")->required();
   perplexity->add_option("-c,--ctx-size", ppl_ctx, "tokens per chunk (default 512)")->check(CLI::Range(4, 1 << 20));
   ppl_threads.Add(perplexity);
 
   server::ServeArgs serve_args;
   CLI::App* serve = app.add_subcommand("serve", "run a router node: gRPC micromoe.v1.Generation over continuous batching");
-  serve->add_option("-m,--model", serve_args.model, "GGUF model file")->required();
+  serve->add_option("-m,--model", serve_args.model, kModelHelp);
   serve->add_option("--listen", serve_args.listen, "address to listen on (default 127.0.0.1:50051; port 0 picks one)");
   serve->add_option("--placement", serve_args.placement, "JSON file placing experts on expert nodes (default: all local)");
   serve->add_option("-t,--threads", serve_args.threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
@@ -266,7 +268,7 @@ int main(int argc, char** argv) {
 
   cli::BenchArgs bench_args;
   CLI::App* bench = app.add_subcommand("bench", "prompt and generation tokens/s, with the memory-bandwidth bound");
-  bench->add_option("-m,--model", bench_args.model, "GGUF model file")->required();
+  bench->add_option("-m,--model", bench_args.model, kModelHelp);
   bench->add_option("-p,--n-prompt", bench_args.n_prompt, "prompt tokens (default 128)");
   bench->add_option("-n,--n-gen", bench_args.n_gen, "generated tokens (default 64)");
   bench->add_option("-t,--threads", bench_args.threads, "thread counts, comma separated (default 1,2)")->delimiter(',');
@@ -275,7 +277,7 @@ int main(int argc, char** argv) {
 
   server::ExpertNodeArgs node_args;
   CLI::App* expert_node = app.add_subcommand("expert-node", "serve some of a model's experts to router nodes (micromoe.v1.ExpertHost)");
-  expert_node->add_option("-m,--model", node_args.model, "GGUF model file")->required();
+  expert_node->add_option("-m,--model", node_args.model, kModelHelp);
   expert_node->add_option("--experts", node_args.experts_spec, "experts to serve: LAYERS:EXPERTS[,...], e.g. 0-7:0-3 or *:0-3")->required();
   expert_node->add_option("--listen", node_args.listen, "address to listen on (default 127.0.0.1:50061; port 0 picks one)");
   expert_node->add_option("-t,--threads", node_args.threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
@@ -291,13 +293,22 @@ int main(int argc, char** argv) {
   cli::RouteStatsArgs route_args;
   ThreadOption route_threads;
   CLI::App* route = app.add_subcommand("route-stats", "per layer, the share of tokens each expert gets and the routing entropy");
-  route->add_option("-m,--model", route_args.model, "GGUF model file")->required();
+  route->add_option("-m,--model", route_args.model, kModelHelp);
   route->add_option("-f,--file", route_args.text_file, "text file")->required();
   route->add_option("-c,--ctx-size", route_args.n_ctx, "tokens per chunk (default 128)");
   route->add_option("--svg", route_args.svg, "write a layers x experts heat-map here");
   route_threads.Add(route);
 
   CLI11_PARSE(app, argc, argv);
+  // Commands that take a model fall back to the default one (cli/default_model.h).
+  for (auto [command, path] : {std::pair{tokenize, &model_path}, {generate, &gen.model}, {perplexity, &model_path},
+                               {serve, &serve_args.model}, {bench, &bench_args.model}, {expert_node, &node_args.model},
+                               {route, &route_args.model}, {inspect, &inspect_path}}) {
+    if (!*command || (command == inspect && inspect_cpu)) continue;
+    auto resolved = cli::ModelOrDefault(*path);
+    if (!resolved.ok()) return Fail(resolved.status());
+    *path = *resolved;
+  }
   if (*route) {
     auto control = route_threads.Apply();
     return cli::RunRouteStats(route_args);
@@ -309,13 +320,7 @@ int main(int argc, char** argv) {
   if (*client_generate) return cli::RunClientGenerate(client_args);
   if (*client_info) return cli::RunClientInfo(info_server, 30);
 
-  if (*inspect) {
-    if (inspect_path.empty() && !inspect_cpu) {
-      std::fprintf(stderr, "error: inspect needs a model file (or --cpu)\n");
-      return 1;
-    }
-    return RunInspect(inspect_path, inspect_cpu);
-  }
+  if (*inspect) return RunInspect(inspect_path, inspect_cpu);
   if (*tokenize) return RunTokenize(model_path, text, ids_only, no_bos, special);
   if (*generate) {
     gen.seed_given = seed->count() > 0;

@@ -115,7 +115,7 @@ TEST(Cli, PerplexityEndsWithFinalEstimate) {
 }
 
 TEST(Cli, BadArgumentsFailWithAMessage) {
-  EXPECT_NE(RunCli("generate -p hi").exit_code, 0);
+  EXPECT_NE(RunCli("generate -m " + WriteModel("noprompt")).exit_code, 0);  // -p is required
   const Result r = RunCli("generate -m " + WriteModel("args") + " -p hi --top-p 2");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.err, HasSubstr("top_p"));
@@ -209,6 +209,15 @@ std::vector<uint8_t> ValidBytes() {
 }
 
 TEST(CliRejects, MissingFile) { ExpectRejected("/nonexistent.gguf", "cannot open"); }
+
+TEST(Cli, DefaultModelComesFromMicromoeModel) {
+  const std::string m = WriteModel("default_env");
+  setenv("MICROMOE_MODEL", m.c_str(), 1);
+  const Result r = RunCli("inspect");
+  unsetenv("MICROMOE_MODEL");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(m));
+}
 
 TEST(CliRejects, BadMagic) {
   auto b = ValidBytes();
