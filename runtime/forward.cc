@@ -94,7 +94,10 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
     for (int r = 0; r < n; ++r) {
       float* qr = q.data() + static_cast<size_t>(r) * qd;
       float* kr = k.data() + static_cast<size_t>(r) * kvd;
-      if (!L.q_norm.empty()) {
+      if (static_cast<int>(L.q_norm.size()) == hd) {  // per head
+        for (int h = 0; h < hp.n_head; ++h) RmsNorm(qr + h * hd, L.q_norm.data(), hd, hp.rms_eps, qr + h * hd);
+        for (int h = 0; h < hp.n_head_kv; ++h) RmsNorm(kr + h * hd, L.k_norm.data(), hd, hp.rms_eps, kr + h * hd);
+      } else if (!L.q_norm.empty()) {  // whole vector
         RmsNorm(qr, L.q_norm.data(), qd, hp.rms_eps, qr);
         RmsNorm(kr, L.k_norm.data(), kvd, hp.rms_eps, kr);
       }

@@ -24,6 +24,7 @@ constexpr ArchTraits kArchs[] = {
     {"olmoe", RopeStyle::kNeox, true},
     {"qwen2moe", RopeStyle::kNeox, true},
     {"granitemoe", RopeStyle::kNormal, true},
+    {"qwen3moe", RopeStyle::kNeox, true},
 };
 
 std::string ShapeString(const TensorInfo& t) {
@@ -99,7 +100,7 @@ absl::Status Model::Build(const LoadOptions& options) {
   }
   if (traits == nullptr) {
     return absl::InvalidArgumentError(StrCat("unsupported architecture '", *arch,
-                                             "' (supported: llama, olmoe, qwen2moe, granitemoe)"));
+                                             "' (supported: llama, olmoe, qwen2moe, qwen3moe, granitemoe)"));
   }
   hp_.arch = std::string(traits->name);
   hp_.rope_style = traits->rope;
@@ -168,6 +169,8 @@ absl::Status Model::Build(const LoadOptions& options) {
   if (hp_.arch == "qwen2moe") {
     MICROMOE_ASSIGN(hp_.n_ff, get_int(p + "expert_feed_forward_length", 1, std::nullopt));
     MICROMOE_ASSIGN(hp_.n_ff_shared, get_int(p + "expert_shared_feed_forward_length", 1, std::nullopt));
+  } else if (hp_.arch == "qwen3moe") {
+    MICROMOE_ASSIGN(hp_.n_ff, get_int(p + "expert_feed_forward_length", 1, std::nullopt));
   } else {
     MICROMOE_ASSIGN(hp_.n_ff, get_int(p + "feed_forward_length", 1, std::nullopt));
   }
@@ -194,7 +197,7 @@ absl::Status Model::Build(const LoadOptions& options) {
 
   hp_.gating.n_experts = hp_.n_expert;
   hp_.gating.top_k = hp_.n_expert_used;
-  hp_.gating.renormalize = hp_.arch == "llama" || hp_.arch == "granitemoe";
+  hp_.gating.renormalize = hp_.arch == "llama" || hp_.arch == "granitemoe" || hp_.arch == "qwen3moe";
 
   layers_.resize(hp_.n_layer);
   expert_table_.assign(hp_.n_layer, {});
@@ -217,9 +220,11 @@ absl::Status Model::Build(const LoadOptions& options) {
     L.wk = View(*wk);
     L.wv = View(*wv);
     L.wo = View(*wo);
-    if (hp_.arch == "olmoe") {
-      MICROMOE_TENSOR(qn, need("attn_q_norm.weight", {hp_.n_head * hd}));
-      MICROMOE_TENSOR(kn, need("attn_k_norm.weight", {hp_.kv_dim()}));
+    if (hp_.arch == "olmoe" || hp_.arch == "qwen3moe") {
+      // OLMoE normalises the whole Q and K vectors, Qwen3-MoE each head.
+      const bool per_head = hp_.arch == "qwen3moe";
+      MICROMOE_TENSOR(qn, need("attn_q_norm.weight", {per_head ? hd : hp_.n_head * hd}));
+      MICROMOE_TENSOR(kn, need("attn_k_norm.weight", {per_head ? hd : hp_.kv_dim()}));
       L.q_norm = ToFloats(*qn);
       L.k_norm = ToFloats(*kn);
     }

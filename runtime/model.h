@@ -2,7 +2,7 @@
 // the routers and experts of each MoE layer, and the tokenizer.
 //
 // Supported architectures: llama (dense or with Mixtral-style experts), olmoe,
-// qwen2moe (shared expert), granitemoe (scales).
+// qwen2moe (shared expert), qwen3moe (per-head Q/K norm), granitemoe (scales).
 #pragma once
 
 #include <memory>
@@ -50,7 +50,7 @@ struct HParams {
 
 struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;
-  std::vector<float> q_norm, k_norm;        // olmoe (empty when absent)
+  std::vector<float> q_norm, k_norm;        // olmoe: whole vector; qwen3moe: per head (empty when absent)
   std::vector<float> bq, bk, bv;            // qwen2moe (empty when absent)
   kernels::MatrixView wq, wk, wv, wo;
   // MoE

@@ -71,20 +71,22 @@ std::vector<double> Decode(const gguf::TensorInfo& t) {
   return out;
 }
 
-// A llama / Mixtral forward pass for one sequence, token by token.
+// A llama / Mixtral (or Qwen3-MoE: per-head Q/K RMSNorm, NEOX rotation)
+// forward pass for one sequence, token by token.
 class ReferenceModel {
  public:
   explicit ReferenceModel(const gguf::File& f) : f_(f) {
-    auto u = [&](const char* k) { return static_cast<int>(*f.GetUint(StrCat("llama.", k))); };
+    arch_ = std::string(*f.GetString("general.architecture"));
+    auto u = [&](const char* k) { return static_cast<int>(*f.GetUint(StrCat(arch_, ".", k))); };
     d_ = u("embedding_length");
     n_layer_ = u("block_count");
     n_head_ = u("attention.head_count");
     n_kv_ = u("attention.head_count_kv");
-    n_expert_ = f.Find("llama.expert_count") ? u("expert_count") : 0;
+    n_expert_ = f.Find(arch_ + ".expert_count") ? u("expert_count") : 0;
     k_ = n_expert_ ? u("expert_used_count") : 0;
     hd_ = d_ / n_head_;
-    base_ = static_cast<float>(*f.GetFloat("llama.rope.freq_base"));
-    eps_ = static_cast<float>(*f.GetFloat("llama.attention.layer_norm_rms_epsilon"));
+    base_ = static_cast<float>(*f.GetFloat(arch_ + ".rope.freq_base"));
+    eps_ = static_cast<float>(*f.GetFloat(arch_ + ".attention.layer_norm_rms_epsilon"));
     kcache_.resize(n_layer_);
     vcache_.resize(n_layer_);
   }
@@ -110,16 +112,26 @@ class ReferenceModel {
     return y;
   }
 
+  // Rotates pairs (2i, 2i+1) for llama; (i, i + hd/2) for NEOX-style models.
   void Rope(std::vector<double>& v, int heads, int pos) const {
+    const bool neox = arch_ == "qwen3moe";
     for (int h = 0; h < heads; ++h) {
       for (int i = 0; i < hd_ / 2; ++i) {
         const double theta = pos * std::pow(static_cast<double>(base_), -2.0 * i / hd_);
-        double& a = v[h * hd_ + 2 * i];
-        double& b = v[h * hd_ + 2 * i + 1];
+        double& a = v[h * hd_ + (neox ? i : 2 * i)];
+        double& b = v[h * hd_ + (neox ? i + hd_ / 2 : 2 * i + 1)];
         const double a0 = a, b0 = b;
         a = a0 * std::cos(theta) - b0 * std::sin(theta);
         b = a0 * std::sin(theta) + b0 * std::cos(theta);
       }
+    }
+  }
+
+  void NormHeads(std::vector<double>& v, int heads, const std::vector<double>& w) const {
+    for (int h = 0; h < heads; ++h) {
+      std::vector<double> head(v.begin() + h * hd_, v.begin() + (h + 1) * hd_);
+      head = Norm(head, w);
+      std::copy(head.begin(), head.end(), v.begin() + h * hd_);
     }
   }
 
@@ -142,6 +154,10 @@ class ReferenceModel {
       auto q = MatVec(W(b + "attn_q.weight"), xn, d_);
       auto k = MatVec(W(b + "attn_k.weight"), xn, kvd);
       auto v = MatVec(W(b + "attn_v.weight"), xn, kvd);
+      if (arch_ == "qwen3moe") {
+        NormHeads(q, n_head_, W(b + "attn_q_norm.weight"));
+        NormHeads(k, n_kv_, W(b + "attn_k_norm.weight"));
+      }
       Rope(q, n_head_, pos);
       Rope(k, n_kv_, pos);
       kcache_[il].push_back(k);
@@ -194,6 +210,7 @@ class ReferenceModel {
 
  private:
   const gguf::File& f_;
+  std::string arch_;
   int d_, n_layer_, n_head_, n_kv_, n_expert_, k_, hd_;
   float base_, eps_;
   std::vector<std::vector<std::vector<double>>> kcache_, vcache_;
@@ -244,8 +261,9 @@ TEST_P(ReferenceForwardTest, PrefillAndDecodeLogitsMatchReference) {
   }
 }
 
-tools::TinyModelSpec Spec(int n_expert, TensorType type, bool tied = false) {
+tools::TinyModelSpec Spec(int n_expert, TensorType type, bool tied = false, const char* arch = "llama") {
   tools::TinyModelSpec s;
+  s.arch = arch;
   s.n_expert = n_expert;
   s.n_expert_used = n_expert ? 2 : 0;
   s.weight_type = type;
@@ -259,6 +277,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"moe_f32_tied", Spec(4, TensorType::kF32, true), 1e-3},
                       Case{"dense_f32", Spec(0, TensorType::kF32), 1e-3},
                       Case{"moe_f16", Spec(4, TensorType::kF16), 1e-3},
+                      Case{"qwen3moe_f32", Spec(4, TensorType::kF32, false, "qwen3moe"), 1e-3},
                       // Q8_0 / Q4_0 round activations to 8 bits inside the products.
                       Case{"moe_q8_0", Spec(4, TensorType::kQ8_0), 0.05},
                       Case{"moe_q4_0", Spec(4, TensorType::kQ4_0), 0.05}),

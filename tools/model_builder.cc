@@ -70,6 +70,7 @@ void BuildTinyModel(const TinyModelSpec& s, gguf::Writer* w) {
   w->SetU32(a + ".embedding_length", s.n_embd);
   w->SetU32(a + ".block_count", s.n_layer);
   w->SetU32(a + ".feed_forward_length", s.n_ff);
+  if (a == "qwen3moe") w->SetU32(a + ".expert_feed_forward_length", s.n_ff);
   w->SetU32(a + ".attention.head_count", s.n_head);
   w->SetU32(a + ".attention.head_count_kv", s.n_head_kv);
   w->SetF32(a + ".rope.freq_base", s.rope_base);
@@ -102,6 +103,10 @@ void BuildTinyModel(const TinyModelSpec& s, gguf::Writer* w) {
   for (int il = 0; il < s.n_layer; ++il) {
     const std::string b = StrCat("blk.", il, ".");
     f.Vector(b + "attn_norm.weight", d, 1.0f, 0.2f);
+    if (a == "qwen3moe") {  // per-head Q/K RMSNorm
+      f.Vector(b + "attn_q_norm.weight", hd, 1.0f, 0.2f);
+      f.Vector(b + "attn_k_norm.weight", hd, 1.0f, 0.2f);
+    }
     f.Matrix(b + "attn_q.weight", {d, d}, sc);
     f.Matrix(b + "attn_k.weight", {d, kvd}, sc);
     f.Matrix(b + "attn_v.weight", {d, kvd}, sc);

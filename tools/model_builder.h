@@ -12,7 +12,7 @@
 namespace micromoe::tools {
 
 struct TinyModelSpec {
-  std::string arch = "llama";
+  std::string arch = "llama";  // or "qwen3moe" (per-head Q/K norm, NEOX rope)
   int n_embd = 64;
   int n_layer = 2;
   int n_head = 4;
