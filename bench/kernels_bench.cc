@@ -6,12 +6,15 @@
 //                                 single-threaded, rotating through enough
 //                                 copies of W (>= 256 MiB) that every
 //                                 iteration streams its weights from memory;
+//                                 each copy 64-byte aligned;
 //   matmul_parallel/<type>/threads:N  the same through ParallelMatMul (the
 //                                 oneTBB row split the experts use), active
-//                                 back-end.
+//                                 back-end;
+//   matmul_align32/<type>/<backend>  as matmul, each copy 32 bytes off a
+//                                 64-byte boundary (GGUF aligns tensors to 32).
 // bytes_per_second counts the bytes the kernel reads (weights for matmul);
-// bw_frac divides it by the read bandwidth measured at start-up with the
-// same number of threads.
+// bw_frac divides it by the plain read bandwidth measured at start-up with
+// the same number of threads.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -108,6 +111,7 @@ void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel
   const std::vector<uint8_t> x8 = kernels::QuantizeTensor(TensorType::kQ8_0, b.data(), 1, kRow);
   std::vector<uint8_t> q8_out(q8.size());
   double bytes = 0;  // bytes read per call
+  const Stopwatch loop;
   switch (kernel) {
     case RowKernel::kDotF32:
       for (auto _ : state) benchmark::DoNotOptimize(ks->dot_f32(a.data(), b.data(), kRow));
@@ -155,38 +159,42 @@ void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel
       bytes = static_cast<double>(q4.size() + x8.size());
       break;
   }
-  ReportBytes(state, bytes, bandwidth);
+  ReportBytes(state, bytes, bandwidth, loop);
   state.SetItemsProcessed(state.iterations() * kRow);  // elements
 }
 
 // ------------------------------------------------------- matrix products --
 
 // Copies of one random matrix of a type, together at least kMinWorkingSet
-// bytes, each 64-byte aligned. Holds one type at a time (benchmarks run type
-// by type), so memory stays near the working set.
+// bytes, each starting `offset` bytes past a 64-byte boundary (0: aligned for
+// 512-bit loads; 32: what GGUF's default 32-byte alignment can give). Holds
+// one type at a time (benchmarks run type by type), so memory stays near the
+// working set.
 class WeightPool {
  public:
-  const std::vector<kernels::MatrixView>& Get(TensorType type) {
-    if (type == type_ && !views_.empty()) return views_;
+  const std::vector<kernels::MatrixView>& Get(TensorType type, uint64_t offset) {
+    if (type == type_ && offset == offset_ && !views_.empty()) return views_;
+    if (type != type_ || one_.empty()) one_ = RandomMatrix(type, kRows, kCols, 42);
     views_.clear();
     buffer_.clear();
     buffer_.shrink_to_fit();
-    const std::vector<uint8_t> one = RandomMatrix(type, kRows, kCols, 42);
-    const uint64_t stride = (one.size() + 63) / 64 * 64;
-    const uint64_t copies = std::max<uint64_t>(2, (kMinWorkingSet + one.size() - 1) / one.size());
+    const uint64_t stride = (one_.size() + offset + 63) / 64 * 64;
+    const uint64_t copies = std::max<uint64_t>(2, (kMinWorkingSet + one_.size() - 1) / one_.size());
     buffer_.resize(stride * copies + 64);
-    uint8_t* base = buffer_.data() + (64 - reinterpret_cast<uintptr_t>(buffer_.data()) % 64) % 64;
+    uint8_t* base = buffer_.data() + (64 - reinterpret_cast<uintptr_t>(buffer_.data()) % 64) % 64 + offset;
     for (uint64_t i = 0; i < copies; ++i) {
-      std::memcpy(base + i * stride, one.data(), one.size());
+      std::memcpy(base + i * stride, one_.data(), one_.size());
       views_.push_back({type, base + i * stride, kRows, kCols, RowBytes(type, kCols)});
     }
     type_ = type;
+    offset_ = offset;
     return views_;
   }
 
  private:
   TensorType type_ = TensorType::kF32;
-  std::vector<uint8_t> buffer_;
+  uint64_t offset_ = 0;
+  std::vector<uint8_t> one_, buffer_;
   std::vector<kernels::MatrixView> views_;
 };
 
@@ -195,33 +203,35 @@ WeightPool& Pool() {
   return pool;
 }
 
-void BM_MatMul(benchmark::State& state, const KernelSet* ks, TensorType type, double bandwidth) {
-  const std::vector<kernels::MatrixView>& w = Pool().Get(type);
+void BM_MatMul(benchmark::State& state, const KernelSet* ks, TensorType type, uint64_t offset, double bandwidth) {
+  const std::vector<kernels::MatrixView>& w = Pool().Get(type, offset);
   const std::vector<float> x = RandomFloats(kCols, 3);
   std::vector<float> y(kRows);
   size_t i = 0;
+  const Stopwatch loop;
   for (auto _ : state) {
     kernels::MatMul(w[i], x.data(), kCols, 1, y.data(), kRows, *ks);
     benchmark::DoNotOptimize(y.data());
     if (++i == w.size()) i = 0;
   }
-  ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth);
+  ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth, loop);
   state.counters["matrices"] = static_cast<double>(w.size());
 }
 
 void BM_ParallelMatMul(benchmark::State& state, TensorType type, Bandwidth bandwidth) {
   const int threads = static_cast<int>(state.range(0));
   tbb::global_control control(tbb::global_control::max_allowed_parallelism, threads);
-  const std::vector<kernels::MatrixView>& w = Pool().Get(type);
+  const std::vector<kernels::MatrixView>& w = Pool().Get(type, 0);
   const std::vector<float> x = RandomFloats(kCols, 3);
   std::vector<float> y(kRows);
   size_t i = 0;
+  const Stopwatch loop;
   for (auto _ : state) {
     experts::ParallelMatMul(w[i], x.data(), kCols, 1, y.data(), kRows);
     benchmark::DoNotOptimize(y.data());
     if (++i == w.size()) i = 0;
   }
-  ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth.at(threads));
+  ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth.at(threads), loop);
 }
 
 constexpr TensorType kMatMulTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0,
@@ -242,13 +252,20 @@ void RegisterAll(const Bandwidth& bw) {
   for (TensorType type : kMatMulTypes) {
     const std::string t(gguf::TypeName(type));
     for (const KernelSet* ks : backends) {
-      benchmark::RegisterBenchmark(("matmul/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type, bw.at(1))
+      benchmark::RegisterBenchmark(("matmul/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type, 0, bw.at(1))
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
     }
     auto* b = benchmark::RegisterBenchmark(("matmul_parallel/" + t).c_str(), BM_ParallelMatMul, type, bw);
     b->ArgName("threads")->UseRealTime()->Unit(benchmark::kMicrosecond);
     for (int threads = 1; threads <= MaxBenchThreads(); ++threads) b->Arg(threads);
+    // Vector back-ends again on weights 32 bytes off a 64-byte boundary.
+    for (const KernelSet* ks : backends) {
+      if (ks == &kernels::ScalarKernels()) continue;
+      benchmark::RegisterBenchmark(("matmul_align32/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type, 32, bw.at(1))
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
   }
 }
 

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <memory>
 #include <random>
@@ -177,6 +178,7 @@ void BM_ExecutorQ8(benchmark::State& state, Bandwidth bandwidth) {
   std::vector<float> out(rows * kDim);
   uint64_t bytes = 0;
   size_t i = 0;
+  const Stopwatch loop;
   for (auto _ : state) {
     const router::RoutingPlan& plan = plans[i % plans.size()];
     const auto& experts = layers.layers()[i % layers.layers().size()];
@@ -187,7 +189,7 @@ void BM_ExecutorQ8(benchmark::State& state, Bandwidth bandwidth) {
     for (int e = 0; e < kExperts; ++e) bytes += plan.rows_for(e) > 0 ? layers.expert_bytes() : 0;
     ++i;
   }
-  if (state.iterations() > 0) ReportBytes(state, static_cast<double>(bytes) / state.iterations(), bandwidth.at(threads));
+  if (state.iterations() > 0) ReportBytes(state, static_cast<double>(bytes) / state.iterations(), bandwidth.at(threads), loop);
   state.SetItemsProcessed(state.iterations() * rows);  // tokens through one MoE layer
   state.counters["layers"] = static_cast<double>(layers.layers().size());
 }
@@ -451,9 +453,12 @@ RemoteSetup* Remote(benchmark::State& state) {
   return g_remote->get();
 }
 
-// One layer's calls for experts 2 and 3, `rows` rows each: over the network
-// (one ForwardBatch = one round trip) or on the in-process copies.
-void BM_RemoteExperts(benchmark::State& state, bool remote) {
+enum class Where { kLocal, kRemote, kRemoteAsync };
+
+// One layer's calls for experts 2 and 3, `rows` rows each: on the in-process
+// copies, or over the network (one ForwardBatch = one round trip) from this
+// thread, or from a std::async thread as the executor issues it.
+void BM_RemoteExperts(benchmark::State& state, Where where) {
   tbb::global_control one(tbb::global_control::max_allowed_parallelism, 1);
   RemoteSetup* r = Remote(state);
   if (r == nullptr) return;
@@ -464,8 +469,10 @@ void BM_RemoteExperts(benchmark::State& state, bool remote) {
   const auto& local = r->model().layers()[0].local_experts;
   for (auto _ : state) {
     absl::Status s;
-    if (remote) {
+    if (where == Where::kRemote) {
       s = r->group()->ForwardBatch(0, calls);
+    } else if (where == Where::kRemoteAsync) {
+      s = std::async(std::launch::async, [&] { return r->group()->ForwardBatch(0, calls); }).get();
     } else {
       s = local[2]->Forward(in.data(), rows, out2.data());
       if (s.ok()) s = local[3]->Forward(in.data(), rows, out3.data());
@@ -559,11 +566,13 @@ void RegisterAll(const Bandwidth& bw) {
       ->Apply(rows_threads)
       ->Unit(benchmark::kMicrosecond);
 
-  for (bool remote : {false, true}) {
-    const std::string where = remote ? "remote" : "local";
-    benchmark::RegisterBenchmark(("remote/experts_2_3/" + where).c_str(), BM_RemoteExperts, remote)
+  for (auto [where, name] : {std::pair{Where::kLocal, "local"}, std::pair{Where::kRemote, "remote"},
+                              std::pair{Where::kRemoteAsync, "remote_async"}}) {
+    benchmark::RegisterBenchmark((std::string("remote/experts_2_3/") + name).c_str(), BM_RemoteExperts, where)
         ->ArgName("rows")->Arg(1)->Arg(16)->UseRealTime()->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(("remote/layer/" + where).c_str(), BM_RemoteLayer, remote)
+  }
+  for (bool remote : {false, true}) {
+    benchmark::RegisterBenchmark(remote ? "remote/layer/remote" : "remote/layer/local", BM_RemoteLayer, remote)
         ->ArgName("rows")->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
   }
   for (bool remote : {false, true}) {

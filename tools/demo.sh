@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# Sets everything up (Debian packages, release build, the demo model) and
-# generates a continuation of a prompt with the default model.
+# Sets everything up (Debian packages, release build) and continues a prompt
+# with the default model, models/micromoe-tiny-8x256.gguf (see models/README.md).
+#   bash tools/demo.sh [PROMPT] [TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"$(nproc)" --target micromoe make_demo_model
-model=models/demo-8x256-q8_0.gguf
-[ -f "$model" ] || { mkdir -p models && build/make_demo_model "$model"; }
-build/micromoe generate -m "$model" -p "${1:-The license}" -n "${2:-64}"
+cmake --build build -j"$(nproc)" --target micromoe
+build/micromoe generate -p "${1:-int main(int argc, char **argv) {}" -n "${2:-64}" --temp 0.3 --seed 1
