@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -41,6 +42,12 @@ class ExpertGroup {
   // Runs every call of one layer in a single request. UNAVAILABLE (or
   // DEADLINE_EXCEEDED) when no endpoint of the group answered in time.
   virtual absl::Status ForwardBatch(int layer, const std::vector<ExpertCall>& calls) = 0;
+  // Starts ForwardBatch without blocking the caller (the buffers of `calls`
+  // must stay valid until the future is ready). The default runs it on a new
+  // thread; groups that are called often keep a thread of their own.
+  virtual std::future<absl::Status> StartBatch(int layer, std::vector<ExpertCall> calls) {
+    return std::async(std::launch::async, [this, layer, calls = std::move(calls)] { return ForwardBatch(layer, calls); });
+  }
 };
 
 }  // namespace micromoe::experts

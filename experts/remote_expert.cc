@@ -324,7 +324,41 @@ absl::Status RemoteEndpoint::Call(const v1::ForwardRequest& request, v1::Forward
 
 RemoteGroup::RemoteGroup(std::vector<std::shared_ptr<RemoteEndpoint>> endpoints, int64_t dim,
                          const PlacementOptions& options, bool use_stream)
-    : endpoints_(std::move(endpoints)), dim_(dim), options_(options), use_stream_(use_stream) {}
+    : endpoints_(std::move(endpoints)), dim_(dim), options_(options), use_stream_(use_stream) {
+  worker_ = std::thread([this] {
+    for (;;) {
+      std::packaged_task<absl::Status()> task;
+      {
+        std::unique_lock<std::mutex> lock(queue_mu_);
+        queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping, nothing left
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  });
+}
+
+RemoteGroup::~RemoteGroup() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  worker_.join();
+}
+
+std::future<absl::Status> RemoteGroup::StartBatch(int layer, std::vector<ExpertCall> calls) {
+  std::packaged_task<absl::Status()> task([this, layer, calls = std::move(calls)] { return ForwardBatch(layer, calls); });
+  std::future<absl::Status> result = task.get_future();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    queue_.push_back(std::move(task));
+  }
+  queue_cv_.notify_one();
+  return result;
+}
 
 std::string RemoteGroup::Describe() const {
   std::string s;

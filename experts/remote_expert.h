@@ -13,7 +13,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -105,6 +108,10 @@ class RemoteGroup final : public ExpertGroup {
   // every endpoint when none answered; NOT_FOUND / INVALID_ARGUMENT when a node
   // answered that it cannot run the request (a placement error).
   absl::Status ForwardBatch(int layer, const std::vector<ExpertCall>& calls) override;
+  // Runs ForwardBatch on this group's own long-lived thread (a new thread per
+  // call costs more than the round trip on a busy machine).
+  std::future<absl::Status> StartBatch(int layer, std::vector<ExpertCall> calls) override;
+  ~RemoteGroup() override;
 
   int64_t dim() const { return dim_; }
   std::string Describe() const;  // "a, b" (the endpoint addresses)
@@ -115,6 +122,12 @@ class RemoteGroup final : public ExpertGroup {
   const PlacementOptions options_;
   const bool use_stream_;
   std::atomic<uint64_t> next_request_id_{1};
+
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<std::packaged_task<absl::Status()>> queue_;  // guarded by queue_mu_
+  bool stopping_ = false;                                 // guarded by queue_mu_
+  std::thread worker_;
 };
 
 // Expert `expert` of `layer` on a RemoteGroup; Forward is a one-expert batch.

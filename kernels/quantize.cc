@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/kernel_set.h"
 #include "kernels/quant.h"
 
 namespace micromoe::kernels {
@@ -35,19 +36,9 @@ void QuantizeRow(TensorType type, const float* src, void* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) d[i] = Fp32ToBf16(src[i]);
       break;
     }
-    case TensorType::kQ8_0: {
-      BlockQ8_0* b = static_cast<BlockQ8_0*>(dst);
-      for (int64_t i = 0; i < n / kQK; ++i) {
-        const float* x = src + i * kQK;
-        float amax = 0;
-        for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
-        const float d = amax / 127.0f;
-        const float id = d != 0 ? 1.0f / d : 0.0f;
-        b[i].d = Fp32ToFp16(d);
-        for (int j = 0; j < kQK; ++j) b[i].qs[j] = static_cast<int8_t>(std::lround(x[j] * id));
-      }
+    case TensorType::kQ8_0:
+      ScalarKernels().quantize_q8_0(src, dst, n);  // the same rounding as activations get
       break;
-    }
     case TensorType::kQ4_0: {
       BlockQ4_0* b = static_cast<BlockQ4_0*>(dst);
       for (int64_t i = 0; i < n / kQK; ++i) {

@@ -36,16 +36,13 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
     }
   }
 
-  // Remote calls first, each on a thread of its own (they mostly wait on the
-  // network), so they overlap the local experts even with one worker thread.
-  std::vector<std::future<void>> remote_calls;
+  // Remote calls first, off this thread (they mostly wait on the network), so
+  // they overlap the local experts even with one worker thread.
+  std::vector<std::pair<std::future<absl::Status>, const std::vector<int>*>> remote_calls;
   for (auto& [group, ids] : remote) {
-    remote_calls.push_back(std::async(std::launch::async, [&, group = group, ids = ids] {
-      std::vector<experts::ExpertCall> calls;
-      for (int e : ids) calls.push_back({e, rows_in(e), plan.rows_for(e), rows_out(e)});
-      const absl::Status s = group->ForwardBatch(layer, calls);
-      for (int e : ids) status[e] = s;
-    }));
+    std::vector<experts::ExpertCall> calls;
+    for (int e : ids) calls.push_back({e, rows_in(e), plan.rows_for(e), rows_out(e)});
+    remote_calls.emplace_back(group->StartBatch(layer, std::move(calls)), &ids);
   }
   tbb::task_group tg;
   for (size_t i = 0; i < local.size(); ++i) {
@@ -59,7 +56,10 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
     }
   }
   tg.wait();
-  for (auto& call : remote_calls) call.wait();
+  for (auto& [call, ids] : remote_calls) {
+    const absl::Status s = call.get();
+    for (int e : *ids) status[e] = s;
+  }
 
   std::vector<bool> lost(plan.n_experts, false);
   for (int e = 0; e < plan.n_experts; ++e) {

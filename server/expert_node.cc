@@ -1,5 +1,7 @@
 #include "server/expert_node.h"
 
+#include "server/shutdown_signal.h"
+
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -292,21 +294,11 @@ int Fail(const std::string& msg) {
   return 1;
 }
 
-sigset_t ShutdownSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  return set;
-}
-
 }  // namespace
 
 int RunExpertNode(const ExpertNodeArgs& args) {
-  // Block the shutdown signals before any thread starts, so that every thread
-  // inherits the mask and this one receives them with sigwait.
-  const sigset_t signals = ShutdownSignals();
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Before any thread starts, so every thread inherits the mask.
+  BlockShutdownSignals();
 
   const int threads =
       args.threads > 0 ? args.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -361,9 +353,8 @@ int RunExpertNode(const ExpertNodeArgs& args) {
   std::fprintf(stderr, "listening on %s:%d\n", host.c_str(), port);
   std::fflush(stderr);
 
-  int sig = 0;
-  sigwait(&signals, &sig);
-  std::fprintf(stderr, "%s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  WaitForShutdownSignal();
+  std::fprintf(stderr, "shutting down\n");
   service.Stop();
   if (auto* health = server->GetHealthCheckService()) health->Shutdown();
   // Requests in flight finish; streams end at their next request boundary, or
