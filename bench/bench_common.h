@@ -21,6 +21,7 @@
 #include <tbb/parallel_reduce.h>
 
 #include "kernels/cpu_features.h"
+#include "kernels/bandwidth.h"
 #include "kernels/kernels.h"
 
 namespace micromoe::bench {
@@ -33,55 +34,10 @@ struct Bandwidth {
   }
 };
 
-// A 512 MiB buffer (far larger than any cache) read `threads` ways, best of
-// 3 passes, in bytes per second.
-//   plain: 64-byte aligned, summed as 64-bit words (no kernel involved): the
-//          bound the bw_frac counters use;
-//   like_cli: what `micromoe bench` measures (the active back-end's dot_f32
-//          over a malloc'd buffer, which is 16- but not 64-byte aligned),
-//          printed for comparison.
-enum class ReadMethod { kPlain, kLikeCli };
-
-inline double MeasureReadBandwidth(int threads, ReadMethod method) {
+// The read bandwidth with `threads` workers (kernels/bandwidth.h).
+inline double MeasureReadBandwidth(int threads) {
   tbb::global_control control(tbb::global_control::max_allowed_parallelism, threads);
-  const size_t n = size_t{1} << 27;  // floats
-  std::vector<float> storage(n + 16);
-  float* buf = storage.data();
-  if (method == ReadMethod::kPlain) buf += (16 - reinterpret_cast<uintptr_t>(buf) % 64 / sizeof(float)) % 16;
-  tbb::parallel_for(tbb::blocked_range<size_t>(0, n), [&](const auto& r) {
-    for (size_t i = r.begin(); i < r.end(); ++i) buf[i] = static_cast<float>(i & 1023) * 1e-3f;
-  });
-  const kernels::KernelSet& ks = kernels::Active();
-  const tbb::blocked_range<size_t> all(0, n, size_t{1} << 18);
-  double best = 0;
-  for (int pass = 0; pass < 3; ++pass) {
-    const auto t = std::chrono::steady_clock::now();
-    if (method == ReadMethod::kLikeCli) {
-      const float total = tbb::parallel_reduce(
-          all, 0.0f, [&](const auto& r, float acc) { return acc + ks.dot_f32(buf + r.begin(), buf + r.begin(), r.size()); },
-          [](float a, float b) { return a + b; });
-      benchmark::DoNotOptimize(total);
-    } else {
-      const uint64_t total = tbb::parallel_reduce(
-          all, uint64_t{0},
-          [&](const auto& r, uint64_t acc) {
-            const uint64_t* w = reinterpret_cast<const uint64_t*>(buf + r.begin());
-            uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-            for (size_t i = 0; i < r.size() / 2; i += 4) {
-              a0 += w[i];
-              a1 += w[i + 1];
-              a2 += w[i + 2];
-              a3 += w[i + 3];
-            }
-            return acc + (a0 ^ a1 ^ a2 ^ a3);
-          },
-          [](uint64_t a, uint64_t b) { return a + b; });
-      benchmark::DoNotOptimize(total);
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-    best = std::max(best, n * sizeof(float) / s);
-  }
-  return best;
+  return kernels::MeasureReadBandwidth();
 }
 
 // Prints the machine header to stderr, records it in the benchmark context
@@ -119,18 +75,13 @@ inline Bandwidth DescribeMachineAndMeasure(int max_threads) {
   Bandwidth bw;
   bw.by_threads.assign(max_threads + 1, 0);
   for (int t = 1; t <= max_threads; ++t) {
-    bw.by_threads[t] = MeasureReadBandwidth(t, ReadMethod::kPlain);
-    const double cli = MeasureReadBandwidth(t, ReadMethod::kLikeCli);
-    std::fprintf(stderr,
-                 "read bandwidth, %d thread%s (512 MiB, best of 3): %.2f GB/s = %.2f GiB/s "
-                 "[as `micromoe bench` measures it: %.2f GB/s]\n",
-                 t, t == 1 ? "" : "s", bw.by_threads[t] / 1e9, bw.by_threads[t] / (1u << 30), cli / 1e9);
+    bw.by_threads[t] = MeasureReadBandwidth(t);
+    std::fprintf(stderr, "read bandwidth, %d thread%s (512 MiB, best of 3): %.2f GB/s = %.2f GiB/s\n", t,
+                 t == 1 ? "" : "s", bw.by_threads[t] / 1e9, bw.by_threads[t] / (1u << 30));
     benchmark::AddCustomContext("micromoe_read_bandwidth_GBps_threads_" + std::to_string(t),
                                 std::to_string(bw.by_threads[t] / 1e9));
-    benchmark::AddCustomContext("micromoe_cli_method_read_bandwidth_GBps_threads_" + std::to_string(t),
-                                std::to_string(cli / 1e9));
   }
-  std::fprintf(stderr, "bw_frac = bytes read per second / read bandwidth (plain) at the same thread count\n\n");
+  std::fprintf(stderr, "bw_frac = bytes read per second / read bandwidth at the same thread count\n\n");
   return bw;
 }
 

@@ -14,6 +14,7 @@
 #include <tbb/parallel_reduce.h>
 
 #include "base/str_cat.h"
+#include "kernels/bandwidth.h"
 #include "kernels/cpu_features.h"
 #include "kernels/kernels.h"
 #include "runtime/forward.h"
@@ -37,29 +38,6 @@ Stats Summarise(const std::vector<double>& v) {
   for (double x : v) s.sd += (x - s.mean) * (x - s.mean);
   s.sd = v.size() > 1 ? std::sqrt(s.sd / (v.size() - 1)) : 0;
   return s;
-}
-
-// Read bandwidth of a buffer far larger than the caches, summed by all
-// allowed threads (best of 3 passes), in bytes per second.
-double MeasureReadBandwidth() {
-  const size_t n = size_t{1} << 27;  // 512 MiB of floats
-  std::unique_ptr<float[]> buf(new float[n]);
-  tbb::parallel_for(tbb::blocked_range<size_t>(0, n), [&](const auto& r) {
-    for (size_t i = r.begin(); i < r.end(); ++i) buf[i] = static_cast<float>(i & 1023) * 1e-3f;
-  });
-  const kernels::KernelSet& ks = kernels::Active();
-  double best = 0;
-  volatile float sink = 0;
-  for (int pass = 0; pass < 3; ++pass) {
-    const auto t = Clock::now();
-    const float total = tbb::parallel_reduce(
-        tbb::blocked_range<size_t>(0, n, size_t{1} << 18), 0.0f,
-        [&](const auto& r, float acc) { return acc + ks.dot_f32(buf.get() + r.begin(), buf.get() + r.begin(), r.size()); },
-        [](float a, float b) { return a + b; });
-    sink = sink + total;
-    best = std::max(best, n * sizeof(float) / Seconds(t));
-  }
-  return best;
 }
 
 // Weight bytes one generated token reads: attention and router of every
@@ -133,7 +111,7 @@ int RunBench(const BenchArgs& a) {
 
   for (int threads : a.threads) {
     tbb::global_control control(tbb::global_control::max_allowed_parallelism, threads);
-    bandwidth[threads] = MeasureReadBandwidth();
+    bandwidth[threads] = kernels::MeasureReadBandwidth();
     std::vector<double> pp, tg;
     for (int rep = -1; rep < a.repetitions; ++rep) {  // rep -1 warms up (page faults, caches)
       // Prompt processing: n_prompt tokens in one batch.
