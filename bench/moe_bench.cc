@@ -18,11 +18,6 @@
 //                                     layer through the executor, and decode tokens/s
 //                                     with half the experts remote (skipped with an
 //                                     error when the node cannot start)
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -58,6 +53,7 @@
 #include "runtime/forward.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
+#include "tests/child_process.h"
 #include "tools/model_builder.h"
 
 namespace micromoe::bench {
@@ -354,10 +350,13 @@ class RemoteSetup {
       return;
     }
     model_ = std::move(*model);
-    if (!StartNode()) return;
+    node_ = testing_support::ChildProcess::Start(
+        MICROMOE_BINARY, {"expert-node", "-m", model_path_, "--experts", "*:2-3", "--listen", "127.0.0.1:0", "-t", "1"},
+        log_path_, &error_);
+    if (!node_) return;
     experts::Placement placement;
     for (int l = 0; l < kLayers; ++l) {
-      for (int e = kFirstRemote; e < kModelExperts; ++e) placement.experts.push_back({l, e, {address_}});
+      for (int e = kFirstRemote; e < kModelExperts; ++e) placement.experts.push_back({l, e, {node_->address()}});
     }
     auto remote = experts::RemoteExperts::Connect(placement, kDim);
     if (!remote.ok()) {
@@ -370,12 +369,8 @@ class RemoteSetup {
   ~RemoteSetup() {
     if (model_) SetRemote(false);
     remote_.reset();
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
+    node_.reset();
     std::remove(model_path_.c_str());
-    std::remove(log_path_.c_str());
   }
 
   // Empty when the node is up and connected.
@@ -392,59 +387,8 @@ class RemoteSetup {
   }
 
  private:
-  bool StartNode() {
-    const std::string binary = MICROMOE_BINARY;
-    std::vector<std::string> args = {binary,      "expert-node", "-m", model_path_, "--experts",
-                                     "*:2-3",     "--listen",    "127.0.0.1:0", "-t", "1"};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    const int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid == 0) {  // only async-signal-safe calls until exec
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);
-      ::dup2(null_fd, 0);
-      ::dup2(null_fd, 1);
-      ::dup2(log_fd, 2);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(log_fd);
-    ::close(null_fd);
-    if (pid < 0) {
-      error_ = "fork failed";
-      return false;
-    }
-    pid_ = pid;
-    const auto start = std::chrono::steady_clock::now();
-    while (std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
-      std::ifstream in(log_path_);
-      const std::string log((std::istreambuf_iterator<char>(in)), {});
-      const size_t at = log.find("listening on ");
-      if (at != std::string::npos && log.find('\n', at) != std::string::npos) {
-        const std::string line = log.substr(at + 13, log.find('\n', at) - at - 13);
-        address_ = line.substr(0, line.find(' '));
-        return true;
-      }
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        error_ = "expert node " + binary + " exited early (status " + std::to_string(code) +
-                 (code == 127 ? ": could not run it" : "") + ")" + (log.empty() ? "" : ": " + log);
-        return false;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    error_ = "expert node did not start in 20 s (" + binary + ")";
-    return false;
-  }
-
-  std::string model_path_, log_path_, address_, error_;
-  pid_t pid_ = -1;
+  std::string model_path_, log_path_, error_;
+  std::unique_ptr<testing_support::ChildProcess> node_;
   std::unique_ptr<runtime::Model> model_;
   std::unique_ptr<experts::RemoteExperts> remote_;
 };

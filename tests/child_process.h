@@ -1,7 +1,7 @@
-// A micromoe server process (serve or expert-node) started by a test: waits
-// (bounded) for its "listening on HOST:PORT" line, is killed and reaped on
-// destruction, and dies with the test process (PR_SET_PDEATHSIG), so no test
-// leaves a server behind or hangs on one.
+// A micromoe server process (serve or expert-node) started by a test or a
+// benchmark: waits (bounded) for its "listening on HOST:PORT" line, is killed
+// and reaped on destruction, and dies with its parent (PR_SET_PDEATHSIG), so
+// nothing leaves a server behind or hangs on one. No test framework needed.
 #pragma once
 
 #include <fcntl.h>
@@ -19,18 +19,16 @@
 #include <thread>
 #include <vector>
 
-#include <gtest/gtest.h>
-
 namespace micromoe::testing_support {
 
 class ChildProcess {
  public:
   using Clock = std::chrono::steady_clock;
 
-  // Runs `binary args...` with stderr to `log_path`; nullptr (and a test failure)
-  // when it exits early or prints no "listening on" line within 10 s.
+  // Runs `binary args...` with stderr to `log_path`; nullptr, with the reason
+  // in *error, when it exits early or prints no "listening on" line within 10 s.
   static std::unique_ptr<ChildProcess> Start(const std::string& binary, const std::vector<std::string>& args,
-                                             const std::string& log_path) {
+                                             const std::string& log_path, std::string* error) {
     auto child = std::unique_ptr<ChildProcess>(new ChildProcess);
     child->log_path_ = log_path;
     std::vector<std::string> all = {binary};
@@ -54,7 +52,7 @@ class ChildProcess {
     ::close(log_fd);
     ::close(null_fd);
     if (pid < 0) {
-      ADD_FAILURE() << "fork failed";
+      *error = "fork failed";
       return nullptr;
     }
     child->pid_ = pid;
@@ -72,19 +70,21 @@ class ChildProcess {
       int status = 0;
       if (::waitpid(pid, &status, WNOHANG) == pid) {
         child->pid_ = -1;
-        ADD_FAILURE() << "server exited early:\n" << log;
+        *error = "server exited early:\n" + log;
         return nullptr;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    ADD_FAILURE() << "server did not start in 10 s:\n" << child->log();
+    *error = "server did not start in 10 s:\n" + child->log();
     return nullptr;
   }
 
   ~ChildProcess() {
     Kill();
-    if (!::testing::Test::HasFailure()) std::remove(log_path_.c_str());  // kept for a failing test
+    if (!keep_log_) std::remove(log_path_.c_str());
   }
+  // Keeps the log file after destruction (for a failing test).
+  void keep_log() { keep_log_ = true; }
 
   const std::string& address() const { return address_; }
   int port() const { return port_; }
@@ -94,16 +94,16 @@ class ChildProcess {
   }
 
   void Kill() { Signal(SIGKILL, 5000); }
-  // SIGSTOP; returns once the process is stopped (bounded).
-  void Pause() {
+  // SIGSTOP; true once the process is stopped (bounded).
+  bool Pause() {
     ::kill(pid_, SIGSTOP);
     const Clock::time_point start = Clock::now();
     int status = 0;
     while (MsSince(start) < 5000) {
-      if (::waitpid(pid_, &status, WUNTRACED | WNOHANG) == pid_ && WIFSTOPPED(status)) return;
+      if (::waitpid(pid_, &status, WUNTRACED | WNOHANG) == pid_ && WIFSTOPPED(status)) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    ADD_FAILURE() << "the process did not stop";
+    return false;
   }
   void Resume() { ::kill(pid_, SIGCONT); }
   // SIGTERM; true when it exited within `ms` with status 0.
@@ -139,6 +139,7 @@ class ChildProcess {
   }
 
   pid_t pid_ = -1;
+  bool keep_log_ = false;
   int port_ = 0;
   std::string address_, log_path_;
 };

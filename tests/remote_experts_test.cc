@@ -210,9 +210,12 @@ using Node = testing_support::ChildProcess;
 std::unique_ptr<Node> StartNode(const std::string& model, const std::string& spec,
                                 const std::string& listen = "127.0.0.1:0") {
   static int counter = 0;
-  return Node::Start(MICROMOE_BINARY,
-                     {"expert-node", "-m", model, "--experts", spec, "--listen", listen, "-t", "1"},
-                     Scratch("node" + std::to_string(++counter) + ".log"));
+  std::string error;
+  auto node = Node::Start(MICROMOE_BINARY,
+                          {"expert-node", "-m", model, "--experts", spec, "--listen", listen, "-t", "1"},
+                          Scratch("node" + std::to_string(++counter) + ".log"), &error);
+  if (!node) ADD_FAILURE() << error;
+  return node;
 }
 
 // Experts [first, last] of every layer on `endpoints`.
@@ -416,7 +419,7 @@ TEST_F(RemoteExpertsTest, HungNodeTimesOutAtTheDeadlineAndRecovers) {
   std::vector<float> logits;
   ASSERT_TRUE(RunForward({}, &logits).ok());
   // A stopped process keeps its sockets open: only the deadline can tell.
-  a->Pause();
+  ASSERT_TRUE(a->Pause()) << "the node did not stop";
   Clock::time_point t = Clock::now();
   const absl::Status s = RunForward({runtime::ExpertFailurePolicy::kFail}, &logits);
   const double ms = MsSince(t);

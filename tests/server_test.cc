@@ -31,12 +31,13 @@ class ServerTest : public ::testing::Test {
     ASSERT_TRUE(w.WriteFile(model_path_).ok());
   }
   std::unique_ptr<testing_support::ChildProcess> Start(int max_sequences = 16) {
+    std::string error;
     auto server = testing_support::ChildProcess::Start(
         MICROMOE_BINARY,
         {"serve", "-m", model_path_, "--listen", "127.0.0.1:0", "-t", "2", "--max-sequences",
          std::to_string(max_sequences), "-c", "256"},
-        ::testing::TempDir() + "/" + ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".log");
-    EXPECT_NE(server, nullptr);
+        ::testing::TempDir() + "/" + ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".log", &error);
+    EXPECT_NE(server, nullptr) << error;
     return server;
   }
   static std::unique_ptr<v1::Generation::Stub> Stub(const std::string& address) {
