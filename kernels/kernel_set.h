@@ -22,6 +22,10 @@ struct KernelSet {
   // Dot product of a weight row with a Q8_0 activation row, n elements.
   float (*dot_q8_0_q8_0)(const void* w, const void* x, int64_t n);
   float (*dot_q4_0_q8_0)(const void* w, const void* x, int64_t n);
+  // The same for four activation rows at once (row i at x + i * x_stride
+  // bytes), so each weight block is loaded and unpacked once: out[0..3].
+  void (*dot4_q8_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
+  void (*dot4_q4_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
 };
 
 // Plain C++ reference; always available.

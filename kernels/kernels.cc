@@ -184,9 +184,16 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
                 int64_t o_end, const KernelSet& ks) {
   const int64_t n_x = x.n_rows();
   if (x.quantized()) {
-    const auto dot = w.type == TensorType::kQ8_0 ? ks.dot_q8_0_q8_0 : ks.dot_q4_0_q8_0;
+    const bool q8 = w.type == TensorType::kQ8_0;
+    const auto dot = q8 ? ks.dot_q8_0_q8_0 : ks.dot_q4_0_q8_0;
+    const auto dot4 = q8 ? ks.dot4_q8_0_q8_0 : ks.dot4_q4_0_q8_0;
     for (int64_t o = o_begin; o < o_end; ++o) {
-      for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = dot(w.row(o), x.q8_row(r), w.cols);
+      int64_t r = 0;
+      for (float out[4]; r + 4 <= n_x; r += 4) {  // activation rows four at a time
+        dot4(w.row(o), x.q8_row(r), x.q8_row_bytes(), w.cols, out);
+        for (int i = 0; i < 4; ++i) y[(r + i) * ldy + o] = out[i];
+      }
+      for (; r < n_x; ++r) y[r * ldy + o] = dot(w.row(o), x.q8_row(r), w.cols);
     }
     return;
   }

@@ -45,6 +45,7 @@ class Activations {
   bool quantized() const { return !q8_.empty(); }
   const float* f32_row(int64_t r) const { return x_ + r * ldx_; }
   const void* q8_row(int64_t r) const { return q8_.data() + r * q8_row_bytes_; }
+  uint64_t q8_row_bytes() const { return q8_row_bytes_; }
 
  private:
   const float* x_ = nullptr;

@@ -87,11 +87,19 @@ float DotQ4_0Q8_0(const void* w, const void* x, int64_t n) {
   return sum;
 }
 
+void Dot4Q8_0Q8_0(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
+  for (int i = 0; i < 4; ++i) out[i] = DotQ8_0Q8_0(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
+}
+
+void Dot4Q4_0Q8_0(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
+  for (int i = 0; i < 4; ++i) out[i] = DotQ4_0Q8_0(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
+}
+
 }  // namespace
 
 const KernelSet& ScalarKernels() {
   static const KernelSet set = {"scalar", DotF32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
-                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0};
+                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0};
   return set;
 }
 

@@ -504,6 +504,33 @@ TEST_P(KernelSetTest, DotQ4_0Q8_0MatchesExactIntegerReference) {
   }
 }
 
+TEST_P(KernelSetTest, FourRowDotsEqualFourSingleDots) {
+  for (int64_t blocks : {1, 3, 32}) {
+    std::vector<BlockQ8_0> w8 = RandomQ8Blocks(rng_, blocks, -127);
+    std::vector<BlockQ4_0> w4(blocks);
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (BlockQ4_0& b : w4) {
+      b.d = RandomScale(rng_);
+      for (uint8_t& v : b.qs) v = static_cast<uint8_t>(byte(rng_));
+    }
+    std::vector<BlockQ8_0> x;
+    for (int r = 0; r < 4; ++r) {
+      const auto row = RandomQ8Blocks(rng_, blocks, -127);
+      x.insert(x.end(), row.begin(), row.end());
+    }
+    const uint64_t stride = blocks * sizeof(BlockQ8_0);
+    float out8[4], out4[4];
+    ks_->dot4_q8_0_q8_0(w8.data(), x.data(), stride, blocks * 32, out8);
+    ks_->dot4_q4_0_q8_0(w4.data(), x.data(), stride, blocks * 32, out4);
+    for (int r = 0; r < 4; ++r) {
+      const float want8 = ks_->dot_q8_0_q8_0(w8.data(), x.data() + r * blocks, blocks * 32);
+      const float want4 = ks_->dot_q4_0_q8_0(w4.data(), x.data() + r * blocks, blocks * 32);
+      EXPECT_NEAR(out8[r], want8, 1e-5f * (std::fabs(want8) + 1)) << "row " << r << " blocks " << blocks;
+      EXPECT_NEAR(out4[r], want4, 1e-5f * (std::fabs(want4) + 1)) << "row " << r << " blocks " << blocks;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // QuantizeRow / DequantizeRow.
 
