@@ -34,6 +34,40 @@ float DotF32(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
+float DotF16F32(const void* w, const float* x, int64_t n) {
+  const uint16_t* h = static_cast<const uint16_t*>(w);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))), _mm256_loadu_ps(x + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i + 8))), _mm256_loadu_ps(x + i + 8), acc1);
+  }
+  float sum = HorizontalSum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) sum += _cvtsh_ss(h[i]) * x[i];
+  return sum;
+}
+
+float DotBf16F32(const void* w, const float* x, int64_t n) {
+  const uint16_t* h = static_cast<const uint16_t*>(w);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  auto widen = [](const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  };
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(widen(h + i), _mm256_loadu_ps(x + i), acc0);
+    acc1 = _mm256_fmadd_ps(widen(h + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+  }
+  float sum = HorizontalSum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(h[i]) << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    sum += f * x[i];
+  }
+  return sum;
+}
+
 void AxpyF32(float a, const float* x, float* y, int64_t n) {
   const __m256 va = _mm256_set1_ps(a);
   int64_t i = 0;
@@ -102,7 +136,7 @@ void Q4_0ToF32(const void* src, float* dst, int64_t n) {
 }  // namespace
 
 const KernelSet* Avx2Kernels() {
-  static const KernelSet set = {"avx2", DotF32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
+  static const KernelSet set = {"avx2", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;

@@ -29,6 +29,40 @@ float DotF32(const float* a, const float* b, int64_t n) {
   return _mm512_reduce_add_ps(acc0);
 }
 
+float DotF16F32(const void* w, const float* x, int64_t n) {
+  const uint16_t* h = static_cast<const uint16_t*>(w);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))), _mm512_loadu_ps(x + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i + 16))), _mm512_loadu_ps(x + i + 16), acc1);
+  }
+  float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  for (; i < n; ++i) sum += _cvtsh_ss(h[i]) * x[i];
+  return sum;
+}
+
+float DotBf16F32(const void* w, const float* x, int64_t n) {
+  const uint16_t* h = static_cast<const uint16_t*>(w);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  auto widen = [](const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  };
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(widen(h + i), _mm512_loadu_ps(x + i), acc0);
+    acc1 = _mm512_fmadd_ps(widen(h + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
+  }
+  float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  for (; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(h[i]) << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    sum += f * x[i];
+  }
+  return sum;
+}
+
 void AxpyF32(float a, const float* x, float* y, int64_t n) {
   const __m512 va = _mm512_set1_ps(a);
   int64_t i = 0;
@@ -97,7 +131,7 @@ void Q4_0ToF32(const void* src, float* dst, int64_t n) {
 }  // namespace
 
 const KernelSet* Avx512Kernels() {
-  static const KernelSet set = {"avx512", DotF32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
+  static const KernelSet set = {"avx512", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c) ? &set : nullptr;

@@ -10,6 +10,9 @@ struct KernelSet {
   const char* name;
   // sum_i a[i] * b[i]
   float (*dot_f32)(const float* a, const float* b, int64_t n);
+  // sum_i w[i] * x[i] with w in F16 / BF16, converted on the fly
+  float (*dot_f16_f32)(const void* w, const float* x, int64_t n);
+  float (*dot_bf16_f32)(const void* w, const float* x, int64_t n);
   // y[i] += a * x[i]
   void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
   // Row conversions to F32; n is a multiple of the type's block size.

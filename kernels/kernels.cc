@@ -204,6 +204,16 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
     }
     return;
   }
+  // Half-precision rows are widened inside the dot product for one or two
+  // activation rows (no conversion pass over memory); larger batches convert
+  // each row once below and reuse it.
+  if ((w.type == TensorType::kF16 || w.type == TensorType::kBF16) && n_x <= 2) {
+    const auto dot = w.type == TensorType::kF16 ? ks.dot_f16_f32 : ks.dot_bf16_f32;
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = dot(w.row(o), x.f32_row(r), w.cols);
+    }
+    return;
+  }
   // Convert each weight row once, then use it for every activation row.
   thread_local std::vector<float> row;
   if (static_cast<int64_t>(row.size()) < w.cols) row.resize(w.cols);

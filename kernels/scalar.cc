@@ -14,6 +14,20 @@ float DotF32(const float* a, const float* b, int64_t n) {
   return static_cast<float>(sum);
 }
 
+float DotF16F32(const void* w, const float* x, int64_t n) {
+  const uint16_t* h = static_cast<const uint16_t*>(w);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(Fp16ToFp32(h[i])) * x[i];
+  return static_cast<float>(sum);
+}
+
+float DotBf16F32(const void* w, const float* x, int64_t n) {
+  const uint16_t* h = static_cast<const uint16_t*>(w);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(Bf16ToFp32(h[i])) * x[i];
+  return static_cast<float>(sum);
+}
+
 void AxpyF32(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
@@ -98,7 +112,7 @@ void Dot4Q4_0Q8_0(const void* w, const void* x, uint64_t x_stride, int64_t n, fl
 }  // namespace
 
 const KernelSet& ScalarKernels() {
-  static const KernelSet set = {"scalar", DotF32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
+  static const KernelSet set = {"scalar", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0};
   return set;
 }

@@ -504,6 +504,27 @@ TEST_P(KernelSetTest, DotQ4_0Q8_0MatchesExactIntegerReference) {
   }
 }
 
+TEST_P(KernelSetTest, HalfPrecisionDotsMatchDoubleReference) {
+  for (int64_t n : {1, 7, 15, 16, 17, 31, 32, 33, 100, 1024, 1031}) {
+    const std::vector<float> w = RandomFloats(rng_, n, -2.0f, 2.0f);
+    const std::vector<float> x = RandomFloats(rng_, n, -2.0f, 2.0f);
+    std::vector<uint16_t> h(n), b(n);
+    QuantizeRow(TensorType::kF16, w.data(), h.data(), n);
+    QuantizeRow(TensorType::kBF16, w.data(), b.data(), n);
+    double ref_h = 0, ref_b = 0, mag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ref_h += static_cast<double>(RefHalf(h[i])) * x[i];
+      uint32_t bits = static_cast<uint32_t>(b[i]) << 16;
+      float bf;
+      std::memcpy(&bf, &bits, 4);
+      ref_b += static_cast<double>(bf) * x[i];
+      mag += std::fabs(static_cast<double>(w[i]) * x[i]);
+    }
+    EXPECT_NEAR(ks_->dot_f16_f32(h.data(), x.data(), n), ref_h, 1e-5 * mag + 1e-6) << "n=" << n;
+    EXPECT_NEAR(ks_->dot_bf16_f32(b.data(), x.data(), n), ref_b, 1e-5 * mag + 1e-6) << "n=" << n;
+  }
+}
+
 TEST_P(KernelSetTest, FourRowDotsEqualFourSingleDots) {
   for (int64_t blocks : {1, 3, 32}) {
     std::vector<BlockQ8_0> w8 = RandomQ8Blocks(rng_, blocks, -127);
