@@ -97,8 +97,9 @@ void SplitGpt2(const Chars& c, size_t begin, size_t end, std::vector<size_t>* en
 // The qwen2 regex, alternatives tried in order as std::regex does:
 //   (?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}
 //   | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-// Every character starts some match, so the words tile the range.
-void SplitQwen2(const Chars& c, size_t begin, size_t end, std::vector<size_t>* ends) {
+// Llama 3's regex is the same with \p{N}{1,3}: max_digits says how many
+// digits one word takes. Every character starts some match, so the words tile the range.
+void SplitQwen2(const Chars& c, size_t begin, size_t end, std::vector<size_t>* ends, int max_digits = 1) {
   size_t pos = begin;
   while (pos < end) {
     const uint32_t cp = c.cp[pos];
@@ -124,6 +125,7 @@ void SplitQwen2(const Chars& c, size_t begin, size_t end, std::vector<size_t>* e
       while (c.At(stop, end) == Cls::kLetter) ++stop;
     } else if (cls == Cls::kNumber) {
       stop = pos + 1;
+      while (stop - pos < static_cast<size_t>(max_digits) && c.At(stop, end) == Cls::kNumber) ++stop;
     } else if (cls == Cls::kOther || (cp == ' ' && c.At(pos + 1, end) == Cls::kOther)) {
       stop = pos + (cp == ' ');
       while (c.At(stop, end) == Cls::kOther) ++stop;
@@ -288,6 +290,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const gguf::File&
         {"jais", PreTokenizer::kGpt2},         {"phi-2", PreTokenizer::kGpt2},
         {"roberta-bpe", PreTokenizer::kGpt2},  {"qwen2", PreTokenizer::kQwen2},
         {"stablelm2", PreTokenizer::kQwen2},   {"deepseek-r1-qwen", PreTokenizer::kQwen2},
+        {"llama3", PreTokenizer::kLlama3},     {"llama-v3", PreTokenizer::kLlama3},
+        {"llama-bpe", PreTokenizer::kLlama3},
         {"refact", PreTokenizer::kRefact},     {"starcoder", PreTokenizer::kRefact},
         {"command-r", PreTokenizer::kRefact},  {"smollm", PreTokenizer::kRefact},
         {"codeshell", PreTokenizer::kRefact},  {"exaone", PreTokenizer::kRefact},
@@ -299,7 +303,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const gguf::File&
     if (t->pre_ == PreTokenizer::kNone) {
       return absl::InvalidArgumentError(StrCat(
           "tokenizer: unsupported tokenizer.ggml.pre '", *pre,
-          "' (supported: the gpt2 regex (gpt-2, olmo, mpt, jais, ...), qwen2, refact)"));
+          "' (supported: the gpt2 regex (gpt-2, olmo, mpt, jais, ...), qwen2, llama3 (llama-bpe), refact)"));
     }
     const gguf::Value* merges = file.Find("tokenizer.ggml.merges");
     if (merges == nullptr || merges->type != gguf::ValueType::kArray ||
@@ -542,6 +546,8 @@ void Tokenizer::EncodeBpe(std::string_view text, std::vector<int32_t>* out) cons
   std::vector<size_t> ends;
   switch (pre_) {
     case PreTokenizer::kQwen2: SplitQwen2(chars, 0, chars.cp.size(), &ends); break;
+    // llama.cpp's own Llama 3 splitter uses the true Unicode classes (no qwen2 collapsing).
+    case PreTokenizer::kLlama3: SplitQwen2(chars, 0, chars.cp.size(), &ends, 3); break;
     case PreTokenizer::kRefact: SplitRefact(chars, 0, chars.cp.size(), &ends); break;
     default: SplitGpt2(chars, 0, chars.cp.size(), &ends); break;
   }
@@ -557,6 +563,14 @@ void Tokenizer::BpeWord(std::string_view word, std::vector<int32_t>* out) const 
   std::string text;
   text.reserve(word.size() * 2);
   for (const char c : word) AppendUtf8(ByteToGpt2Codepoint(static_cast<uint8_t>(c)), &text);
+  // Llama 3 vocabularies take a whole word that is a token as is, without
+  // merging (llama.cpp's ignore_merges).
+  if (pre_ == PreTokenizer::kLlama3) {
+    if (const int32_t id = Find(text); id >= 0) {
+      out->push_back(id);
+      return;
+    }
+  }
   std::vector<Symbol> syms;
   SplitCharacters(text, &syms);
   if (syms.empty()) return;

@@ -68,7 +68,7 @@ class Tokenizer {
 
  private:
   enum class Model : uint8_t { kLlama, kGpt2 };
-  enum class PreTokenizer : uint8_t { kNone, kGpt2, kQwen2, kRefact };
+  enum class PreTokenizer : uint8_t { kNone, kGpt2, kQwen2, kLlama3, kRefact };
   // Values of tokenizer.ggml.token_type.
   enum TokenType : uint8_t {
     kUndefined = 0, kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5,

@@ -417,6 +417,46 @@ TEST(SmallVocabTest, Gpt2MergesFollowTheirRank) {
   EXPECT_EQ((*t)->Decode((*t)->Encode("ab ab", false, false)), "ab ab");
 }
 
+// Llama 3 (tokenizer.ggml.pre = llama-bpe) takes digits in runs of up to
+// three; qwen2 takes them one by one. Merges never cross a word, so with the
+// merges "1 2", "12 3", "4 5" the two split "12345" differently.
+TEST(SmallVocabTest, Llama3GroupsDigitsByThreeAndQwen2ByOne) {
+  auto vocab = [](const char* pre) {
+    gguf::Writer g;
+    g.SetString("tokenizer.ggml.model", "gpt2");
+    g.SetString("tokenizer.ggml.pre", pre);
+    g.SetStringArray("tokenizer.ggml.tokens", {"1", "2", "3", "4", "5", "12", "123", "45", "a", "\xC4\xA0"});
+    g.SetStringArray("tokenizer.ggml.merges", {"1 2", "12 3", "4 5"});
+    return g;
+  };
+  std::unique_ptr<gguf::File> f1, f2;
+  auto llama3 = Load(vocab("llama-bpe"), "small_llama3.gguf", &f1);
+  auto qwen2 = Load(vocab("qwen2"), "small_qwen2.gguf", &f2);
+  ASSERT_TRUE(llama3.ok()) << llama3.status();
+  ASSERT_TRUE(qwen2.ok()) << qwen2.status();
+  EXPECT_EQ((*llama3)->Encode("12345", false, false), (Ids{6, 7}));        // "123" "45"
+  EXPECT_EQ((*qwen2)->Encode("12345", false, false), (Ids{0, 1, 2, 3, 4}));  // one digit a word
+  EXPECT_EQ((*llama3)->Encode("a1234", false, false), (Ids{8, 6, 3}));     // "a" "123" "4"
+}
+
+// Llama 3 takes a word that is itself a token without merging: here "abc" is a
+// token although no merge sequence builds it.
+TEST(SmallVocabTest, Llama3TakesWholeWordTokensWithoutMerging) {
+  gguf::Writer g;
+  g.SetString("tokenizer.ggml.model", "gpt2");
+  g.SetString("tokenizer.ggml.pre", "llama-bpe");
+  g.SetStringArray("tokenizer.ggml.tokens", {"a", "b", "c", "abc"});
+  g.SetStringArray("tokenizer.ggml.merges", {"a b"});
+  std::unique_ptr<gguf::File> file;
+  auto t = Load(g, "small_llama3_whole.gguf", &file);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->Encode("abc", false, false), Ids{3});
+  g.SetString("tokenizer.ggml.pre", "gpt2");
+  auto gpt2 = Load(g, "small_gpt2_whole.gguf", &file);
+  ASSERT_TRUE(gpt2.ok()) << gpt2.status();
+  EXPECT_EQ((*gpt2)->Encode("abc", false, false), (Ids{0, 1, 2}));  // "ab" is no token: no merge applies
+}
+
 // The token counts behind the reference perplexity runs: llama-perplexity cut
 // GPL-3 into floor(n_tokens / 128) chunks.
 TEST(TokenizerReference, Gpl3TokenCountsMatchThePerplexityChunks) {
