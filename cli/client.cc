@@ -26,6 +26,7 @@ int RunClientGenerate(const ClientGenerateArgs& a) {
   v1::GenerateRequest req;
   req.set_prompt(a.prompt);
   req.set_max_tokens(a.n);
+  req.set_chat(a.chat);
   if (a.temperature) req.mutable_sampling()->set_temperature(*a.temperature);
   if (a.top_k) req.mutable_sampling()->set_top_k(*a.top_k);
   if (a.top_p) req.mutable_sampling()->set_top_p(*a.top_p);

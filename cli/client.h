@@ -15,6 +15,7 @@ struct ClientGenerateArgs {
   std::optional<float> top_p;
   std::optional<uint64_t> seed;
   int timeout_s = 600;
+  bool chat = false;
 };
 
 // Streams the continuation to stdout exactly as `micromoe generate` prints it,

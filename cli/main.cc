@@ -21,6 +21,7 @@
 #include "server/expert_node.h"
 #include "kernels/cpu_features.h"
 #include "kernels/kernels.h"
+#include "runtime/chat_template.h"
 #include "runtime/generate.h"
 #include "runtime/model.h"
 
@@ -143,6 +144,7 @@ struct GenerateArgs {
   int n_ctx = 0;
   runtime::SamplingOptions sampling;
   bool seed_given = false;
+  bool chat = false;
 };
 
 int RunGenerate(const GenerateArgs& a) {
@@ -155,7 +157,14 @@ int RunGenerate(const GenerateArgs& a) {
   opts.sampling = a.sampling;
   if (!a.seed_given) opts.sampling.seed = std::random_device{}();
   if (a.prompt.empty()) return Fail(absl::InvalidArgumentError("the prompt (-p) is empty"));
-  const std::vector<int32_t> prompt = m.tokenizer().Encode(a.prompt, m.tokenizer().add_bos(), false);
+  std::vector<int32_t> prompt;
+  if (a.chat) {
+    auto chat = runtime::EncodeChat(m, {{"user", a.prompt}});
+    if (!chat.ok()) return Fail(chat.status());
+    prompt = std::move(*chat);
+  } else {
+    prompt = m.tokenizer().Encode(a.prompt, m.tokenizer().add_bos(), false);
+  }
   if (prompt.empty()) return Fail(absl::InvalidArgumentError("the prompt has no tokens"));
   runtime::Utf8Stream stream;
   auto result = runtime::Generate(m, prompt, opts, [&](int32_t id) {
@@ -171,6 +180,43 @@ int RunGenerate(const GenerateArgs& a) {
                r.decode_seconds, r.tokens.size() / std::max(r.decode_seconds, 1e-9), runtime::FinishReasonName(r.finish),
                static_cast<unsigned long long>(opts.sampling.seed));
   std::fprintf(stderr, "peak resident memory: %.1f MiB (model file %.1f MiB)\n", PeakRssMiB(), m.file().size() / 1048576.0);
+  return 0;
+}
+
+// An interactive conversation on stdin/stdout; the history is re-sent each turn.
+int RunChat(const std::string& path, const GenerateArgs& a) {
+  auto model = LoadModel(path);
+  if (!model.ok()) return Fail(model.status());
+  const Model& m = **model;
+  std::vector<runtime::ChatMessage> history;
+  runtime::SamplingOptions sampling = a.sampling;
+  if (!a.seed_given) sampling.seed = std::random_device{}();
+  std::fprintf(stderr, "chat: one message a line; end with Ctrl-D\n");
+  std::string line;
+  while (std::fprintf(stderr, "> "), std::getline(std::cin, line)) {
+    if (line.empty()) continue;
+    history.push_back({"user", line});
+    auto prompt = runtime::EncodeChat(m, history);
+    if (!prompt.ok()) return Fail(prompt.status());
+    runtime::GenerateOptions opts;
+    opts.max_tokens = a.n;
+    opts.sampling = sampling;
+    ++opts.sampling.seed;  // a different draw each turn, reproducible for a seed
+    sampling.seed = opts.sampling.seed;
+    runtime::Utf8Stream stream;
+    std::string reply;
+    auto r = runtime::Generate(m, *prompt, opts, [&](int32_t id) {
+      const std::string text = stream.Push(m.tokenizer().TokenToBytes(id));
+      reply += text;
+      std::fputs(text.c_str(), stdout);
+      std::fflush(stdout);
+      return true;
+    });
+    if (!r.ok()) return Fail(r.status());
+    reply += stream.Flush();
+    std::printf("\n");
+    history.push_back({"assistant", reply});
+  }
   return 0;
 }
 
@@ -229,7 +275,20 @@ int main(int argc, char** argv) {
   generate->add_option("--top-k", gen.sampling.top_k, "keep the k most likely tokens (0: all; default 40)");
   generate->add_option("--top-p", gen.sampling.top_p, "nucleus probability mass (default 0.95)");
   auto* seed = generate->add_option("--seed", gen.sampling.seed, "random seed (default: random)");
+  generate->add_flag("--chat", gen.chat, "wrap the prompt as a user turn in the model's chat template");
   gen_threads.Add(generate);
+
+  GenerateArgs chat_args;
+  std::string chat_model;
+  CLI::App* chat = app.add_subcommand("chat", "an interactive conversation in the model's chat template");
+  chat->add_option("-m,--model", chat_model, kModelHelp);
+  chat->add_option("-n,--n-predict", chat_args.n, "tokens per reply at most (default 64)");
+  chat->add_option("--temp", chat_args.sampling.temperature, "temperature (0: greedy; default 0.8)");
+  chat->add_option("--top-k", chat_args.sampling.top_k, "top-k (default 40)");
+  chat->add_option("--top-p", chat_args.sampling.top_p, "top-p (default 0.95)");
+  auto* chat_seed = chat->add_option("--seed", chat_args.sampling.seed, "random seed (default: random)");
+  ThreadOption chat_threads;
+  chat_threads.Add(chat);
 
   std::string text_file;
   int ppl_ctx = 512;
@@ -262,6 +321,7 @@ int main(int argc, char** argv) {
   client_generate->add_option("--top-p", client_args.top_p, "top-p");
   client_generate->add_option("--seed", client_args.seed, "random seed");
   client_generate->add_option("--timeout", client_args.timeout_s, "seconds before giving up (default 600)");
+  client_generate->add_flag("--chat", client_args.chat, "wrap the prompt as a user turn in the model's chat template");
   std::string info_server = "127.0.0.1:50051";
   CLI::App* client_info = client->add_subcommand("info", "print the server's model information");
   client_info->add_option("--server", info_server, "router address (default 127.0.0.1:50051)");
@@ -303,11 +363,16 @@ int main(int argc, char** argv) {
   // Commands that take a model fall back to the default one (cli/default_model.h).
   for (auto [command, path] : {std::pair{tokenize, &model_path}, {generate, &gen.model}, {perplexity, &model_path},
                                {serve, &serve_args.model}, {bench, &bench_args.model}, {expert_node, &node_args.model},
-                               {route, &route_args.model}, {inspect, &inspect_path}}) {
+                               {route, &route_args.model}, {inspect, &inspect_path}, {chat, &chat_model}}) {
     if (!*command || (command == inspect && inspect_cpu)) continue;
     auto resolved = cli::ModelOrDefault(*path);
     if (!resolved.ok()) return Fail(resolved.status());
     *path = *resolved;
+  }
+  if (*chat) {
+    chat_args.seed_given = chat_seed->count() > 0;
+    auto control = chat_threads.Apply();
+    return RunChat(chat_model, chat_args);
   }
   if (*route) {
     auto control = route_threads.Apply();

@@ -3,6 +3,7 @@
 #include <random>
 
 #include "base/str_cat.h"
+#include "runtime/chat_template.h"
 #include "runtime/generate.h"
 
 namespace micromoe::server {
@@ -30,7 +31,14 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context, const v1:
   }
   SequenceRequest req;
   const runtime::Tokenizer& tok = model_.tokenizer();
-  if (has_text) {
+  if (request->chat()) {
+    if (!has_text) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "chat: needs prompt text, not token ids");
+    auto chat = runtime::EncodeChat(model_, {{"user", request->prompt()}});
+    if (!chat.ok()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, StrCat("chat: ", chat.status().message()));
+    }
+    req.prompt = std::move(*chat);
+  } else if (has_text) {
     req.prompt = tok.Encode(request->prompt(), tok.add_bos(), false);
   } else {
     req.prompt.assign(request->prompt_token_ids().begin(), request->prompt_token_ids().end());

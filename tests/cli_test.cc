@@ -192,6 +192,40 @@ TEST(Cli, RouteStatsSharesSumToOneHundredPerLayerAndWriteAHeatMap) {
   EXPECT_THAT(content, HasSubstr("layer 1 expert 3"));
 }
 
+std::string WriteModelWithChatTemplate(const std::string& name, const std::string& chat_template) {
+  gguf::Writer w;
+  tools::BuildTinyModel({}, &w);
+  w.SetString("tokenizer.chat_template", chat_template);
+  const std::string path = ::testing::TempDir() + "/" + name + ".gguf";
+  EXPECT_TRUE(w.WriteFile(path).ok());
+  return path;
+}
+
+TEST(Cli, GenerateChatUsesTheModelsTemplateAndNamesAnUnsupportedOne) {
+  const std::string chatml = WriteModelWithChatTemplate("chatml", "{{ '<|im_start|>' + m.role }}");
+  Result r = RunCli("generate -m " + chatml + " -p hi -n 4 --seed 1 --chat");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, ::testing::ContainsRegex("prompt: [0-9]+ tokens"));
+  const std::string inst = WriteModelWithChatTemplate("inst", "[INST] {{ m.content }} [/INST]");
+  r = RunCli("generate -m " + inst + " -p hi -n 4 --chat");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("unsupported chat template"));
+  r = RunCli("generate -m " + WriteModel("nochat") + " -p hi -n 4 --chat");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no chat template"));
+}
+
+TEST(Cli, ChatAnswersEachLineOfStdin) {
+  const std::string m = WriteModelWithChatTemplate("chat_session", "<|user|> ... <|assistant|>");
+  const Result r = RunCli("chat -m " + m + " -n 4 --seed 3 < /dev/null");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const std::string in = ::testing::TempDir() + "/chat_in.txt";
+  std::ofstream(in) << "hello\nthe license\n";
+  const Result two = RunCli("chat -m " + m + " -n 4 --seed 3 < " + in);
+  EXPECT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_EQ(std::count(two.out.begin(), two.out.end(), '\n'), 2);  // one reply line per message
+}
+
 // A malformed file must fail both `inspect` and `generate` with a message that names the problem.
 void ExpectRejected(const std::string& path, const std::string& message_part) {
   for (const std::string cmd : {"inspect " + path, "generate -m " + path + " -p hi -n 2"}) {

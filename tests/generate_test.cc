@@ -1,10 +1,13 @@
 // Sampling, UTF-8 streaming of token bytes, and the generation loop.
+#include <unistd.h>
+
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "gguf/writer.h"
+#include "runtime/chat_template.h"
 #include "runtime/generate.h"
 #include "runtime/sampler.h"
 #include "tools/model_builder.h"
@@ -76,12 +79,31 @@ TEST(Sampler, ValidationNamesTheField) {
   EXPECT_TRUE(ValidateSamplingOptions({0.0f, 0, 1.0f, 0}).ok());
 }
 
+TEST(ChatTemplate, RecognisesChatMlAndTuluAndNamesAnythingElse) {
+  EXPECT_EQ(*DetectChatFormat("{% for m in messages %}<|im_start|>{{ m.role }}..."), ChatFormat::kChatMl);
+  EXPECT_EQ(*DetectChatFormat("{{ '<|user|>\\n' + m.content }}...<|assistant|>"), ChatFormat::kTulu);
+  const auto other = DetectChatFormat("[INST] {{ m.content }} [/INST]");
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(other.status().message()).find("[INST]"), std::string::npos);
+  EXPECT_EQ(DetectChatFormat("").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ChatTemplate, FormatsTurnsAndOpensTheAssistantTurn) {
+  const std::vector<ChatMessage> turns = {{"system", "Be brief."}, {"user", "Hi"}};
+  EXPECT_EQ(*FormatChat(ChatFormat::kChatMl, turns),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(*FormatChat(ChatFormat::kTulu, turns), "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n");
+  EXPECT_EQ(FormatChat(ChatFormat::kChatMl, {{"tool", "x"}}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 class GenerateTest : public ::testing::Test {
  protected:
   void SetUp() override {
     gguf::Writer w;
     tools::BuildTinyModel({}, &w);
-    const std::string path = ::testing::TempDir() + "/generate_test.gguf";
+    // One file per process: ctest runs tests in parallel, and rewriting a file
+    // another process has mapped would crash it.
+    const std::string path = ::testing::TempDir() + "/generate_test_" + std::to_string(::getpid()) + ".gguf";
     ASSERT_TRUE(w.WriteFile(path).ok());
     auto m = Model::Load(path);
     ASSERT_TRUE(m.ok()) << m.status();

@@ -1,5 +1,7 @@
 // The router node end to end: `micromoe serve` as a separate process on
 // loopback, driven through the generated micromoe.v1 stubs.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -27,7 +29,9 @@ class ServerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     gguf::Writer w;
     tools::BuildTinyModel({}, &w);
-    model_path_ = ::testing::TempDir() + "/server_test.gguf";
+    // One file per process: ctest runs tests in parallel, and rewriting a file
+    // a server of another test has mapped would crash that server.
+    model_path_ = ::testing::TempDir() + "/server_test_" + std::to_string(::getpid()) + ".gguf";
     ASSERT_TRUE(w.WriteFile(model_path_).ok());
   }
   std::unique_ptr<testing_support::ChildProcess> Start(int max_sequences = 16) {
@@ -147,6 +151,9 @@ TEST_F(ServerTest, EveryBadFieldIsInvalidArgumentNamingIt) {
   v1::GenerateRequest opt = Request("hi", 4, 1);
   (*opt.mutable_options())["beam_width"] = "4";
   expect_invalid(opt, "beam_width");
+  v1::GenerateRequest chat = Request("hi", 4, 1);
+  chat.set_chat(true);  // the test model has no chat template
+  expect_invalid(chat, "chat");
 }
 
 TEST_F(ServerTest, SequencesBeyondTheCapGetResourceExhausted) {
