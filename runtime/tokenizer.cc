@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <limits>
+#include <optional>
 #include <queue>
 
 #include "base/str_cat.h"
@@ -466,6 +467,40 @@ void MergeInto(std::vector<Symbol>& syms, int32_t left, int32_t right) {
   if (syms[right].next >= 0) syms[syms[right].next].prev = left;
 }
 
+// Merges adjacent symbols greedily, the pair with the highest priority first
+// (ties: the leftmost pair), until no adjacent pair can merge.
+// priority(left, right) gives std::nullopt for a pair that cannot merge.
+template <typename Priority>
+void MergeGreedily(std::vector<Symbol>& syms, Priority priority) {
+  struct Bigram {
+    double priority;
+    int32_t left;
+    int32_t right;
+    size_t size;
+  };
+  const auto worse = [](const Bigram& a, const Bigram& b) {
+    return a.priority < b.priority || (a.priority == b.priority && a.left > b.left);
+  };
+  std::priority_queue<Bigram, std::vector<Bigram>, decltype(worse)> queue(worse);
+  const auto try_add = [&](int32_t left, int32_t right) {
+    if (left < 0 || right < 0) return;
+    if (const std::optional<double> p = priority(left, right)) {
+      queue.push({*p, left, right, syms[left].n + syms[right].n});
+    }
+  };
+  for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) try_add(i - 1, i);
+  while (!queue.empty()) {
+    const Bigram b = queue.top();
+    queue.pop();
+    const Symbol& l = syms[b.left];
+    const Symbol& r = syms[b.right];
+    if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) continue;  // stale
+    MergeInto(syms, b.left, b.right);
+    try_add(syms[b.left].prev, b.left);
+    try_add(b.left, syms[b.left].next);
+  }
+}
+
 }  // namespace
 
 void Tokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
@@ -484,34 +519,13 @@ void Tokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
   SplitCharacters(text, &syms);
   if (syms.empty()) return;
 
-  struct Bigram {
-    float score;
-    int32_t left;
-    int32_t right;
-    size_t size;
-  };
-  // Highest score first; on ties the leftmost pair.
-  const auto lower = [](const Bigram& a, const Bigram& b) {
-    return a.score < b.score || (a.score == b.score && a.left > b.left);
-  };
-  std::priority_queue<Bigram, std::vector<Bigram>, decltype(lower)> queue(lower);
-  const auto try_add = [&](int32_t left, int32_t right) {
-    if (left < 0 || right < 0) return;
+  // Highest vocabulary score first.
+  MergeGreedily(syms, [&](int32_t left, int32_t right) -> std::optional<double> {
     const std::string_view pair(text.data() + syms[left].start, syms[left].n + syms[right].n);
     const int32_t id = Find(pair);
-    if (id >= 0) queue.push({scores_[id], left, right, pair.size()});
-  };
-  for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) try_add(i - 1, i);
-  while (!queue.empty()) {
-    const Bigram b = queue.top();
-    queue.pop();
-    const Symbol& l = syms[b.left];
-    const Symbol& r = syms[b.right];
-    if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) continue;  // stale
-    MergeInto(syms, b.left, b.right);
-    try_add(syms[b.left].prev, b.left);
-    try_add(b.left, syms[b.left].next);
-  }
+    if (id < 0) return std::nullopt;
+    return scores_[id];
+  });
   for (int32_t i = 0; i != -1; i = syms[i].next) {
     const std::string_view piece(text.data() + syms[i].start, syms[i].n);
     const int32_t id = Find(piece);
@@ -575,36 +589,15 @@ void Tokenizer::BpeWord(std::string_view word, std::vector<int32_t>* out) const 
   SplitCharacters(text, &syms);
   if (syms.empty()) return;
 
-  struct Bigram {
-    int32_t rank;
-    int32_t left;
-    int32_t right;
-    size_t size;
-  };
-  // Lowest rank first; on ties the leftmost pair.
-  const auto later = [](const Bigram& a, const Bigram& b) {
-    return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
-  };
-  std::priority_queue<Bigram, std::vector<Bigram>, decltype(later)> queue(later);
+  // Lowest merge rank first.
   std::string scratch;
-  const auto try_add = [&](int32_t left, int32_t right) {
-    if (left < 0 || right < 0) return;
+  MergeGreedily(syms, [&](int32_t left, int32_t right) -> std::optional<double> {
     const std::string_view l(text.data() + syms[left].start, syms[left].n);
     const std::string_view r(text.data() + syms[right].start, syms[right].n);
     const int rank = MergeRank(l, r, &scratch);
-    if (rank >= 0) queue.push({rank, left, right, l.size() + r.size()});
-  };
-  for (int32_t i = 1; i < static_cast<int32_t>(syms.size()); ++i) try_add(i - 1, i);
-  while (!queue.empty()) {
-    const Bigram b = queue.top();
-    queue.pop();
-    const Symbol& l = syms[b.left];
-    const Symbol& r = syms[b.right];
-    if (l.n == 0 || r.n == 0 || l.n + r.n != b.size) continue;  // stale
-    MergeInto(syms, b.left, b.right);
-    try_add(syms[b.left].prev, b.left);
-    try_add(b.left, syms[b.left].next);
-  }
+    if (rank < 0) return std::nullopt;
+    return -static_cast<double>(rank);
+  });
   for (int32_t i = 0; i != -1; i = syms[i].next) {
     const std::string_view piece(text.data() + syms[i].start, syms[i].n);
     const int32_t id = Find(piece);
