@@ -11,7 +11,14 @@
 //                                 oneTBB row split the experts use), active
 //                                 back-end;
 //   matmul_align32/<type>/<backend>  as matmul, each copy 32 bytes off a
-//                                 64-byte boundary (GGUF aligns tensors to 32).
+//                                 64-byte boundary (GGUF aligns tensors to 32);
+//   matmul_packed/<type>/<backend>  as matmul, on weights repacked at load
+//                                 (kernels/packed.h) for back-ends that have
+//                                 packed kernels;
+//   gemm[_packed]/<type>/<backend>/rows:N  W x for N activation rows (the
+//                                 prompt path: one expert's tokens), weights
+//                                 from memory as above; items are
+//                                 multiply-adds.
 // bytes_per_second counts the bytes the kernel reads (weights for matmul);
 // bw_frac divides it by the plain read bandwidth measured at start-up with
 // the same number of threads.
@@ -31,6 +38,7 @@
 #include "gguf/types.h"
 #include "kernels/kernel_set.h"
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "kernels/quant.h"
 #include "kernels/quantize.h"
 
@@ -87,7 +95,9 @@ std::vector<uint8_t> RandomMatrix(TensorType type, int64_t rows, int64_t cols, u
 
 // ------------------------------------------------------------ row kernels --
 
-enum class RowKernel { kDotF32, kAxpyF32, kF16, kBf16, kQ8_0, kQ4_0, kQuantizeQ8_0, kDotQ8_0, kDotQ4_0 };
+enum class RowKernel {
+  kDotF32, kAxpyF32, kF16, kBf16, kQ8_0, kQ4_0, kQuantizeQ8_0, kDotQ8_0, kDotQ4_0, kGemmQ8_0X16, kGemmQ4_0X16
+};
 
 struct RowKernelInfo {
   RowKernel kernel;
@@ -98,7 +108,8 @@ constexpr RowKernelInfo kRowKernels[] = {
     {RowKernel::kF16, "f16_to_f32"},         {RowKernel::kBf16, "bf16_to_f32"},
     {RowKernel::kQ8_0, "q8_0_to_f32"},       {RowKernel::kQ4_0, "q4_0_to_f32"},
     {RowKernel::kQuantizeQ8_0, "quantize_q8_0"}, {RowKernel::kDotQ8_0, "dot_q8_0_q8_0"},
-    {RowKernel::kDotQ4_0, "dot_q4_0_q8_0"},
+    {RowKernel::kDotQ4_0, "dot_q4_0_q8_0"},     {RowKernel::kGemmQ8_0X16, "gemm_q8_0_x16"},
+    {RowKernel::kGemmQ4_0X16, "gemm_q4_0_x16"},
 };
 
 void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel, double bandwidth) {
@@ -150,6 +161,28 @@ void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel
       }
       bytes = kRow * sizeof(float);
       break;
+    case RowKernel::kGemmQ8_0X16:
+    case RowKernel::kGemmQ4_0X16: {
+      // One packed group (16 rows of kRow) against one activation row.
+      const TensorType type = kernel == RowKernel::kGemmQ8_0X16 ? TensorType::kQ8_0 : TensorType::kQ4_0;
+      if (!kernels::CanPack(type, *ks)) {
+        state.SkipWithError("no packed kernel in this back-end");
+        return;
+      }
+      const std::vector<uint8_t> w = RandomMatrix(type, kernels::kPackRows, kRow, 5);
+      const kernels::PackedWeights packed =
+          kernels::PackedWeights::Pack({type, w.data(), kernels::kPackRows, kRow, RowBytes(type, kRow)});
+      kernels::Activations act;
+      act.Prepare(type, b.data(), kRow, 1, kRow, *ks);
+      const auto fn = type == TensorType::kQ8_0 ? ks->gemm_q8_0_x16 : ks->gemm_q4_0_x16;
+      for (auto _ : state) {
+        fn(packed.view().packed, kRow / kernels::kQK, static_cast<const uint8_t*>(act.q8_row(0)), act.q8_row_bytes(),
+           act.terms_row(0), act.terms_stride(), 1, out.data());
+        benchmark::ClobberMemory();
+      }
+      bytes = static_cast<double>(packed.size_bytes() + x8.size());
+      break;
+    }
     case RowKernel::kDotQ8_0:
       for (auto _ : state) benchmark::DoNotOptimize(ks->dot_q8_0_q8_0(q8.data(), x8.data(), kRow));
       bytes = static_cast<double>(q8.size() + x8.size());
@@ -172,6 +205,22 @@ void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel
 // working set.
 class WeightPool {
  public:
+  // The copies repacked (kernels/packed.h); built once per type.
+  const std::vector<kernels::MatrixView>& GetPacked(TensorType type) {
+    if (type == packed_type_ && !packed_views_.empty()) return packed_views_;
+    packed_.clear();
+    packed_views_.clear();
+    const uint64_t copies = std::max<uint64_t>(2, (kMinWorkingSet + RowBytes(type, kCols) * kRows - 1) /
+                                                      (RowBytes(type, kCols) * kRows));
+    const std::vector<kernels::MatrixView>& plain = Get(type, 0);
+    for (uint64_t i = 0; i < copies; ++i) {
+      packed_.push_back(kernels::PackedWeights::Pack(plain[i % plain.size()]));
+      packed_views_.push_back(packed_.back().view());
+    }
+    packed_type_ = type;
+    return packed_views_;
+  }
+
   const std::vector<kernels::MatrixView>& Get(TensorType type, uint64_t offset) {
     if (type == type_ && offset == offset_ && !views_.empty()) return views_;
     if (type != type_ || one_.empty()) one_ = RandomMatrix(type, kRows, kCols, 42);
@@ -196,6 +245,9 @@ class WeightPool {
   uint64_t offset_ = 0;
   std::vector<uint8_t> one_, buffer_;
   std::vector<kernels::MatrixView> views_;
+  TensorType packed_type_ = TensorType::kF32;
+  std::vector<kernels::PackedWeights> packed_;
+  std::vector<kernels::MatrixView> packed_views_;
 };
 
 WeightPool& Pool() {
@@ -203,19 +255,25 @@ WeightPool& Pool() {
   return pool;
 }
 
-void BM_MatMul(benchmark::State& state, const KernelSet* ks, TensorType type, uint64_t offset, double bandwidth) {
-  const std::vector<kernels::MatrixView>& w = Pool().Get(type, offset);
-  const std::vector<float> x = RandomFloats(kCols, 3);
-  std::vector<float> y(kRows);
+enum class Layout { kMapped, kMappedOff32, kPacked };
+
+// W x for `n_x` activation rows (state.range(0) when registered with Arg, else 1).
+void BM_MatMul(benchmark::State& state, const KernelSet* ks, TensorType type, Layout layout, double bandwidth) {
+  const std::vector<kernels::MatrixView>& w =
+      layout == Layout::kPacked ? Pool().GetPacked(type) : Pool().Get(type, layout == Layout::kMappedOff32 ? 32 : 0);
+  const int64_t n_x = state.range(0);
+  const std::vector<float> x = RandomFloats(static_cast<size_t>(kCols) * n_x, 3);
+  std::vector<float> y(static_cast<size_t>(kRows) * n_x);
   size_t i = 0;
   const Stopwatch loop;
   for (auto _ : state) {
-    kernels::MatMul(w[i], x.data(), kCols, 1, y.data(), kRows, *ks);
+    kernels::MatMul(w[i], x.data(), kCols, n_x, y.data(), kRows, *ks);
     benchmark::DoNotOptimize(y.data());
     if (++i == w.size()) i = 0;
   }
   ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth, loop);
   state.counters["matrices"] = static_cast<double>(w.size());
+  state.SetItemsProcessed(state.iterations() * kRows * kCols * n_x);
 }
 
 void BM_ParallelMatMul(benchmark::State& state, TensorType type, Bandwidth bandwidth) {
@@ -252,9 +310,33 @@ void RegisterAll(const Bandwidth& bw) {
   for (TensorType type : kMatMulTypes) {
     const std::string t(gguf::TypeName(type));
     for (const KernelSet* ks : backends) {
-      benchmark::RegisterBenchmark(("matmul/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type, 0, bw.at(1))
+      benchmark::RegisterBenchmark(("matmul/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type, Layout::kMapped,
+                                   bw.at(1))
+          ->Arg(1)
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
+      if (kernels::CanPack(type, *ks)) {
+        benchmark::RegisterBenchmark(("matmul_packed/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type,
+                                     Layout::kPacked, bw.at(1))
+            ->Arg(1)
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
+      if (ks == &kernels::ScalarKernels()) continue;  // too slow to matter for prompts
+      benchmark::RegisterBenchmark(("gemm/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type, Layout::kMapped,
+                                   bw.at(1))
+          ->ArgName("rows")
+          ->Arg(32)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+      if (kernels::CanPack(type, *ks)) {
+        benchmark::RegisterBenchmark(("gemm_packed/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type,
+                                     Layout::kPacked, bw.at(1))
+            ->ArgName("rows")
+            ->Arg(32)
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
     }
     auto* b = benchmark::RegisterBenchmark(("matmul_parallel/" + t).c_str(), BM_ParallelMatMul, type, bw);
     b->ArgName("threads")->UseRealTime()->Unit(benchmark::kMicrosecond);
@@ -262,7 +344,9 @@ void RegisterAll(const Bandwidth& bw) {
     // Vector back-ends again on weights 32 bytes off a 64-byte boundary.
     for (const KernelSet* ks : backends) {
       if (ks == &kernels::ScalarKernels()) continue;
-      benchmark::RegisterBenchmark(("matmul_align32/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type, 32, bw.at(1))
+      benchmark::RegisterBenchmark(("matmul_align32/" + t + "/" + ks->name).c_str(), BM_MatMul, ks, type,
+                                   Layout::kMappedOff32, bw.at(1))
+          ->Arg(1)
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
     }

@@ -76,7 +76,9 @@ int RunBench(const BenchArgs& a) {
     std::fprintf(stderr, "error: -p, -n, -r must be >= 1 and -t must list at least one thread count\n");
     return 1;
   }
-  auto loaded = runtime::Model::Load(a.model);
+  runtime::LoadOptions load;
+  load.pack_weights = a.repack;
+  auto loaded = runtime::Model::Load(a.model, load);
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(loaded.status().message()).c_str());
     return 1;
@@ -88,7 +90,7 @@ int RunBench(const BenchArgs& a) {
     return 1;
   }
   const kernels::CpuFeatures& cpu = kernels::GetCpuFeatures();
-  const std::string backend = StrCat("CPU ", kernels::Active().name);
+  const std::string backend = StrCat("CPU ", kernels::Active().name, a.repack ? "" : " unpacked");
   const std::string model_name = StrCat(hp.arch, hp.n_expert ? StrCat(" ", hp.n_expert, "x", hp.n_ff, " top-", hp.n_expert_used) : "", " ", TypeSummary(m));
   const double size_gib = m.file().size() / 1073741824.0;
   const double params_b = m.n_params() / 1e9;

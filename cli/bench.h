@@ -15,6 +15,7 @@ struct BenchArgs {
   std::vector<int> threads = {1, 2};
   int repetitions = 3;
   bool json = false;
+  bool repack = true;  // false: compute from the mapped layout (for old-vs-new comparisons)
 };
 
 int RunBench(const BenchArgs& args);

@@ -334,6 +334,7 @@ int main(int argc, char** argv) {
   bench->add_option("-t,--threads", bench_args.threads, "thread counts, comma separated (default 1,2)")->delimiter(',');
   bench->add_option("-r,--repetitions", bench_args.repetitions, "repetitions (default 3)");
   bench->add_flag("--json", bench_args.json, "print the rows as a JSON array");
+  bench->add_flag("!--no-repack", bench_args.repack, "compute from the file's layout, without repacking weights");
 
   server::ExpertNodeArgs node_args;
   CLI::App* expert_node = app.add_subcommand("expert-node", "serve some of a model's experts to router nodes (micromoe.v1.ExpertHost)");

@@ -6,23 +6,27 @@
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
+#include "kernels/packed.h"
+
 namespace micromoe::experts {
 
 void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x,
                     float* y, int64_t ldy) {
-  // About 64K multiply-adds per task keeps scheduling overhead small.
-  const int64_t work_per_row = std::max<int64_t>(1, w.cols * n_x);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / work_per_row);
+  // Work is split in units of 16 rows (one packed group, see kernels/packed.h);
+  // about 64K multiply-adds per task keeps scheduling overhead small.
+  constexpr int64_t kUnit = kernels::kPackRows;
+  const int64_t units = (w.rows + kUnit - 1) / kUnit;
+  const int64_t work_per_unit = std::max<int64_t>(1, w.cols * n_x * kUnit);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / work_per_unit);
   kernels::Activations a;
   a.Prepare(w.type, x, ldx, n_x, w.cols);
-  if (grain >= w.rows) {
+  if (grain >= units) {
     kernels::MatMulRows(w, a, y, ldy, 0, w.rows);
     return;
   }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, grain),
-                    [&](const tbb::blocked_range<int64_t>& r) {
-                      kernels::MatMulRows(w, a, y, ldy, r.begin(), r.end());
-                    });
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, units, grain), [&](const tbb::blocked_range<int64_t>& r) {
+    kernels::MatMulRows(w, a, y, ldy, r.begin() * kUnit, std::min(w.rows, r.end() * kUnit));
+  });
 }
 
 LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kernels::MatrixView down)

@@ -29,6 +29,17 @@ struct KernelSet {
   // bytes), so each weight block is loaded and unpacked once: out[0..3].
   void (*dot4_q8_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
   void (*dot4_q4_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
+  // One packed group of 16 weight rows with nb blocks (layout in packed.h)
+  // against n_x (1..4) Q8_0 activation rows, row r at xq + r * xq_stride
+  // bytes: out[r * 16 + i] = dot(weight row i, activation row r). `terms`
+  // holds per activation row (terms_stride floats apart), per block b,
+  // {d_x, C * sum of the block's codes} at 2b: C is the offset the packed
+  // unsigned weights carry (128 for Q8_0, 8 for Q4_0). nullptr when the
+  // back-end has no packed kernels (weights then stay unpacked).
+  using GemmX16 = void (*)(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride,
+                           const float* terms, uint64_t terms_stride, int n_x, float* out);
+  GemmX16 gemm_q8_0_x16;
+  GemmX16 gemm_q4_0_x16;
 };
 
 // Plain C++ reference; always available.

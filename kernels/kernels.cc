@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/packed.h"
 #include "kernels/quant.h"
 
 namespace micromoe::kernels {
@@ -175,14 +176,60 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
     return;
   }
   if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0) return;
-  q8_row_bytes_ = static_cast<uint64_t>(cols / kQK) * sizeof(BlockQ8_0);
+  const int64_t nb = cols / kQK;
+  q8_row_bytes_ = static_cast<uint64_t>(nb) * sizeof(BlockQ8_0);
   q8_.resize(q8_row_bytes_ * n_x);
-  for (int64_t r = 0; r < n_x; ++r) ks.quantize_q8_0(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
+  terms_stride_ = 2 * static_cast<uint64_t>(nb);
+  terms_.resize(terms_stride_ * n_x);
+  const int offset = weight_type == TensorType::kQ8_0 ? 128 : 8;  // see packed.h
+  for (int64_t r = 0; r < n_x; ++r) {
+    ks.quantize_q8_0(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
+    const BlockQ8_0* blocks = reinterpret_cast<const BlockQ8_0*>(q8_.data() + r * q8_row_bytes_);
+    float* terms = terms_.data() + r * terms_stride_;
+    for (int64_t b = 0; b < nb; ++b) {
+      int sum = 0;
+      for (int j = 0; j < kQK; ++j) sum += blocks[b].qs[j];
+      terms[2 * b] = Fp16ToFp32(blocks[b].d);
+      terms[2 * b + 1] = static_cast<float>(offset * sum);
+    }
+  }
 }
+
+namespace {
+
+// Rows [o_begin, o_end) within the packed rows, a group of 16 rows and up to
+// four activation rows per kernel call; each group's weights (a few KiB) stay
+// in L1 while every activation tile passes over them.
+void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
+                      int64_t o_end, KernelSet::GemmX16 gemm) {
+  const int64_t nb = w.cols / kQK;
+  const int64_t n_x = x.n_rows();
+  float out[4 * kPackRows];
+  for (int64_t g = o_begin / kPackRows; g * kPackRows < o_end; ++g) {
+    const uint8_t* group = w.packed + static_cast<uint64_t>(g) * w.packed_group_bytes;
+    const int64_t first = std::max(o_begin, g * kPackRows), last = std::min(o_end, (g + 1) * kPackRows);
+    for (int64_t r = 0; r < n_x; r += 4) {
+      const int tile = static_cast<int>(std::min<int64_t>(4, n_x - r));
+      gemm(group, nb, static_cast<const uint8_t*>(x.q8_row(r)), x.q8_row_bytes(), x.terms_row(r),
+           x.terms_stride(), tile, out);
+      for (int t = 0; t < tile; ++t) {
+        for (int64_t o = first; o < last; ++o) y[(r + t) * ldy + o] = out[t * kPackRows + (o - g * kPackRows)];
+      }
+    }
+  }
+}
+
+}  // namespace
 
 void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
                 int64_t o_end, const KernelSet& ks) {
   const int64_t n_x = x.n_rows();
+  if (x.quantized() && w.packed != nullptr && CanPack(w.type, ks) && o_begin < w.packed_rows) {
+    const int64_t packed_end = std::min(o_end, w.packed_rows);
+    MatMulPackedRows(w, x, y, ldy, o_begin, packed_end,
+                     w.type == TensorType::kQ8_0 ? ks.gemm_q8_0_x16 : ks.gemm_q4_0_x16);
+    o_begin = packed_end;
+  }
   if (x.quantized()) {
     const bool q8 = w.type == TensorType::kQ8_0;
     const auto dot = q8 ? ks.dot_q8_0_q8_0 : ks.dot_q4_0_q8_0;

@@ -19,6 +19,11 @@ struct MatrixView {
   int64_t rows = 0;
   int64_t cols = 0;
   uint64_t row_bytes = 0;
+  // Rows [0, packed_rows) also in the packed layout (see packed.h), one group
+  // of 16 rows every packed_group_bytes; nullptr when not packed.
+  const uint8_t* packed = nullptr;
+  int64_t packed_rows = 0;
+  uint64_t packed_group_bytes = 0;
 
   const uint8_t* row(int64_t r) const { return data + static_cast<uint64_t>(r) * row_bytes; }
 };
@@ -46,12 +51,17 @@ class Activations {
   const float* f32_row(int64_t r) const { return x_ + r * ldx_; }
   const void* q8_row(int64_t r) const { return q8_.data() + r * q8_row_bytes_; }
   uint64_t q8_row_bytes() const { return q8_row_bytes_; }
+  // Per block of each quantized row, {d, C * sum of codes} for the packed kernels.
+  const float* terms_row(int64_t r) const { return terms_.data() + r * terms_stride_; }
+  uint64_t terms_stride() const { return terms_stride_; }
 
  private:
   const float* x_ = nullptr;
   int64_t ldx_ = 0, n_x_ = 0;
   uint64_t q8_row_bytes_ = 0;
+  uint64_t terms_stride_ = 0;
   std::vector<uint8_t> q8_;
+  std::vector<float> terms_;
   std::vector<float> rounded_;
 };
 

@@ -109,11 +109,40 @@ void Dot4Q4_0Q8_0(const void* w, const void* x, uint64_t x_stride, int64_t n, fl
   for (int i = 0; i < 4; ++i) out[i] = DotQ4_0Q8_0(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
 }
 
+// The packed layout read element by element (packed.h), with the same
+// per-block arithmetic as the unpacked dot products above.
+template <bool kQ4>
+void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+             uint64_t /*terms_stride*/, int n_x, float* out) {
+  const int chunk_bytes = (kQ4 ? 4 : 8) * 64;
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(group + nb * chunk_bytes);
+  auto weight = [&](int64_t b, int row, int e) {
+    const uint8_t* q = group + b * chunk_bytes;
+    if (!kQ4) return static_cast<int>(q[(e / 4) * 64 + row * 4 + e % 4]) - 128;
+    const int j = e % 16;  // the nibble byte holding element e
+    const uint8_t v = q[(j / 4) * 64 + row * 4 + j % 4];
+    return (e < 16 ? (v & 0x0F) : (v >> 4)) - 8;
+  };
+  for (int r = 0; r < n_x; ++r) {
+    const BlockQ8_0* x = reinterpret_cast<const BlockQ8_0*>(xq + r * xq_stride);
+    for (int row = 0; row < 16; ++row) {
+      float sum = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t s = 0;
+        for (int e = 0; e < kQK; ++e) s += weight(b, row, e) * x[b].qs[e];
+        sum += s * Fp16ToFp32(scales[b * 16 + row]) * Fp16ToFp32(x[b].d);
+      }
+      out[r * 16 + row] = sum;
+    }
+  }
+}
+
 }  // namespace
 
 const KernelSet& ScalarKernels() {
   static const KernelSet set = {"scalar", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
-                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0};
+                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
+                                GemmX16<false>, GemmX16<true>};
   return set;
 }
 

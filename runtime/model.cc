@@ -3,6 +3,9 @@
 #include <cmath>
 #include <optional>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "base/str_cat.h"
 
 namespace micromoe::runtime {
@@ -77,7 +80,25 @@ std::vector<float> ToFloats(const TensorInfo& t) {
   return v;
 }
 
+// Drops the mapped file pages wholly inside [p, p + n) from this process
+// (they are read back from the file if touched again).
+void ReleaseMappedPages(const uint8_t* p, uint64_t n) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t begin = (reinterpret_cast<uint64_t>(p) + page - 1) / page * page;
+  const uint64_t end = (reinterpret_cast<uint64_t>(p) + n) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 }  // namespace
+
+kernels::MatrixView Model::Matrix(const TensorInfo& t, int64_t slice, const LoadOptions& options) {
+  kernels::MatrixView m = View(t, slice);
+  if (!options.pack_weights || !kernels::CanPack(m.type) || m.rows < kernels::kPackRows) return m;
+  packed_.push_back(kernels::PackedWeights::Pack(m));
+  m = packed_.back().view();
+  ReleaseMappedPages(m.data, static_cast<uint64_t>(m.packed_rows) * m.row_bytes);
+  return m;
+}
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path, const LoadOptions& options) {
   auto file = gguf::File::Open(path);
@@ -192,7 +213,7 @@ absl::Status Model::Build(const LoadOptions& options) {
     output_norm_ = ToFloats(**t);
     auto o = GetTensor(f, "output.weight", {d, hp_.n_vocab}, /*required=*/false);
     if (!o.ok()) return o.status();
-    output_ = *o ? View(**o) : token_embd_;  // tied embeddings
+    output_ = *o ? Matrix(**o, 0, options) : token_embd_;  // tied embeddings
   }
 
   hp_.gating.n_experts = hp_.n_expert;
@@ -216,10 +237,10 @@ absl::Status Model::Build(const LoadOptions& options) {
     MICROMOE_TENSOR(ffn_norm, need("ffn_norm.weight", {d}));
     L.attn_norm = ToFloats(*attn_norm);
     L.ffn_norm = ToFloats(*ffn_norm);
-    L.wq = View(*wq);
-    L.wk = View(*wk);
-    L.wv = View(*wv);
-    L.wo = View(*wo);
+    L.wq = Matrix(*wq, 0, options);
+    L.wk = Matrix(*wk, 0, options);
+    L.wv = Matrix(*wv, 0, options);
+    L.wo = Matrix(*wo, 0, options);
     if (hp_.arch == "olmoe" || hp_.arch == "qwen3moe") {
       // OLMoE normalises the whole Q and K vectors, Qwen3-MoE each head.
       const bool per_head = hp_.arch == "qwen3moe";
@@ -244,7 +265,8 @@ absl::Status Model::Build(const LoadOptions& options) {
       MICROMOE_TENSOR(down, need("ffn_down_exps.weight", {ff, d, ne}));
       L.router = std::make_unique<router::Router>(View(*gate_inp), hp_.gating);
       for (int e = 0; e < ne; ++e) {
-        L.local_experts.push_back(std::make_unique<experts::LocalExpert>(View(*gate, e), View(*up, e), View(*down, e)));
+        L.local_experts.push_back(std::make_unique<experts::LocalExpert>(
+            Matrix(*gate, e, options), Matrix(*up, e, options), Matrix(*down, e, options)));
         expert_table_[il].push_back(L.local_experts.back().get());
       }
       if (hp_.n_ff_shared > 0) {
@@ -255,13 +277,15 @@ absl::Status Model::Build(const LoadOptions& options) {
         MICROMOE_TENSOR(sdown, need("ffn_down_shexp.weight", {fs, d}));
         L.shared_gate = View(*sg);
         L.shared_gate.rows = 1;
-        L.shared_expert = std::make_unique<experts::LocalExpert>(View(*sgate), View(*sup), View(*sdown));
+        L.shared_expert = std::make_unique<experts::LocalExpert>(
+            Matrix(*sgate, 0, options), Matrix(*sup, 0, options), Matrix(*sdown, 0, options));
       }
     } else {
       MICROMOE_TENSOR(gate, need("ffn_gate.weight", {d, hp_.n_ff}));
       MICROMOE_TENSOR(up, need("ffn_up.weight", {d, hp_.n_ff}));
       MICROMOE_TENSOR(down, need("ffn_down.weight", {hp_.n_ff, d}));
-      L.dense_ffn = std::make_unique<experts::LocalExpert>(View(*gate), View(*up), View(*down));
+      L.dense_ffn = std::make_unique<experts::LocalExpert>(Matrix(*gate, 0, options), Matrix(*up, 0, options),
+                                                           Matrix(*down, 0, options));
     }
 #undef MICROMOE_TENSOR
   }

@@ -14,6 +14,7 @@
 #include "experts/local_expert.h"
 #include "gguf/gguf.h"
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "router/router.h"
 #include "runtime/tokenizer.h"
 
@@ -64,6 +65,9 @@ struct LayerWeights {
 
 struct LoadOptions {
   bool load_tokenizer = true;
+  // Repack Q8_0 / Q4_0 matrices for the integer kernels (kernels/packed.h) and
+  // release the mapped pages they replace. Off: compute from the mapping.
+  bool pack_weights = true;
 };
 
 class Model {
@@ -90,6 +94,9 @@ class Model {
  private:
   Model() = default;
   absl::Status Build(const LoadOptions& options);
+  // The view of matrix `slice` of `t`, packed when options allow and the
+  // kernels have a packed form for its type.
+  kernels::MatrixView Matrix(const gguf::TensorInfo& t, int64_t slice, const LoadOptions& options);
 
   std::unique_ptr<gguf::File> file_;
   HParams hp_;
@@ -98,6 +105,7 @@ class Model {
   std::vector<float> output_norm_;
   std::vector<LayerWeights> layers_;
   std::vector<std::vector<const experts::Expert*>> expert_table_;
+  std::vector<kernels::PackedWeights> packed_;  // owns the packed matrices the views point into
 };
 
 }  // namespace micromoe::runtime

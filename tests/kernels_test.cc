@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "kernels/kernel_set.h"
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "kernels/quant.h"
 #include "kernels/quantize.h"
 
@@ -854,6 +855,100 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
     mag += std::fabs(static_cast<double>(wd[i]) * x[i]);
   }
   EXPECT_NEAR(y, ref, 1e-2 * mag);
+}
+
+// Packed weights (packed.h): every back-end with packed kernels gives what
+// the scalar kernels give on the file's layout, for tails of rows (past the
+// last group of 16), odd block counts, 1 to 9 activation rows (tiles of four
+// and their remainders) and ranges that cut groups.
+TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
+  constexpr int64_t kRows = 3 * kPackRows + 5, kCols = 7 * kQK;
+  const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0}) {
+    if (!CanPack(type, *ks_)) continue;
+    const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
+    const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
+    const PackedWeights packed = PackedWeights::Pack(plain);
+    const MatrixView& view = packed.view();
+    ASSERT_EQ(view.packed_rows, 3 * kPackRows);
+    ASSERT_EQ(packed.size_bytes(), 3 * PackedGroupBytes(type, kCols));
+    ASSERT_EQ(reinterpret_cast<uintptr_t>(view.packed) % 64, 0u);
+    for (int64_t n_x : {1, 2, 3, 4, 5, 9}) {
+      const std::vector<float> x = RandomFloats(rng_, n_x * kCols);
+      std::vector<float> expect(n_x * kRows), got(n_x * kRows, kNaN);
+      MatMul(plain, x.data(), kCols, n_x, expect.data(), kRows, ScalarKernels());
+      Activations act;
+      act.Prepare(type, x.data(), kCols, n_x, kCols, *ks_);
+      // Ranges that start and end inside groups and inside the tail.
+      for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 5}, {5, 21}, {21, 50}, {50, kRows}}) {
+        MatMulRows(view, act, got.data(), kRows, begin, end, *ks_);
+      }
+      for (int64_t i = 0; i < n_x * kRows; ++i) {
+        // The scalar packed kernel repeats the scalar arithmetic exactly; vector
+        // ones sum blocks in another order.
+        if (ks_ == &ScalarKernels()) {
+          ASSERT_EQ(got[i], expect[i]) << gguf::TypeName(type) << " n_x=" << n_x << " i=" << i;
+        } else {
+          ASSERT_NEAR(got[i], expect[i], 1e-5f * (1 + std::fabs(expect[i])))
+              << gguf::TypeName(type) << " n_x=" << n_x << " i=" << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
+  // A view packed for one back-end stays usable with any other: back-ends
+  // without packed kernels read the original rows.
+  constexpr int64_t kRows = 2 * kPackRows, kCols = 4 * kQK;
+  const std::vector<float> w = RandomFloats(rng_, kRows * kCols), x = RandomFloats(rng_, kCols);
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0}) {
+    const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
+    const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
+    if (!CanPack(type, ScalarKernels())) GTEST_SKIP() << "scalar packed kernels expected";
+    const PackedWeights packed = PackedWeights::Pack(plain);
+    std::vector<float> a(kRows), b(kRows);
+    MatMul(plain, x.data(), kCols, 1, a.data(), kRows, *ks_);
+    MatMul(packed.view(), x.data(), kCols, 1, b.data(), kRows, *ks_);
+    for (int64_t o = 0; o < kRows; ++o) EXPECT_NEAR(a[o], b[o], 1e-5f * (1 + std::fabs(a[o]))) << o;
+  }
+}
+
+TEST(PackedWeightsTest, MatricesOfFewerThanSixteenRowsAreNotPacked) {
+  const std::vector<uint8_t> bytes(15 * sizeof(BlockQ8_0), 0);
+  const PackedWeights p = PackedWeights::Pack({TensorType::kQ8_0, bytes.data(), 15, kQK, sizeof(BlockQ8_0)});
+  EXPECT_EQ(p.view().packed, nullptr);
+  EXPECT_EQ(p.view().packed_rows, 0);
+  EXPECT_EQ(p.size_bytes(), 0u);
+  EXPECT_FALSE(CanPack(TensorType::kF16, ScalarKernels()));
+  EXPECT_FALSE(CanPack(TensorType::kQ4_K, ScalarKernels()));
+}
+
+TEST(PackedWeightsTest, LayoutPutsFourWeightsOfEachRowPerLane) {
+  // Row i, weight e = (i + e) % 7 - 3 for Q8_0 with scale 1: the packed bytes
+  // are checked against the layout spelled out in packed.h.
+  constexpr int64_t kCols = 2 * kQK;
+  std::vector<BlockQ8_0> rows(kPackRows * 2);
+  for (int i = 0; i < kPackRows; ++i) {
+    for (int b = 0; b < 2; ++b) {
+      rows[i * 2 + b].d = Fp32ToFp16(static_cast<float>(i + 1));
+      for (int e = 0; e < kQK; ++e) rows[i * 2 + b].qs[e] = static_cast<int8_t>((i + b * kQK + e) % 7 - 3);
+    }
+  }
+  const PackedWeights p = PackedWeights::Pack(
+      {TensorType::kQ8_0, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows, kCols, 2 * sizeof(BlockQ8_0)});
+  const uint8_t* g = p.view().packed;
+  for (int b = 0; b < 2; ++b) {
+    for (int i = 0; i < kPackRows; ++i) {
+      for (int e = 0; e < kQK; ++e) {
+        const int expect = (i + b * kQK + e) % 7 - 3 + 128;
+        ASSERT_EQ(g[b * 512 + (e / 4) * 64 + i * 4 + e % 4], expect) << b << " " << i << " " << e;
+      }
+      uint16_t d;
+      std::memcpy(&d, g + 2 * 512 + (b * kPackRows + i) * 2, 2);
+      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, KernelSetTest, ::testing::Values("scalar", "avx2", "avx512"),

@@ -1,0 +1,55 @@
+// Weights repacked once at load for the integer kernels: sixteen rows are
+// interleaved per 32-column block, so one 64-byte load holds four consecutive
+// weights of each of 16 rows and the products land one row per 32-bit lane
+// (no horizontal sums; one load brings the 16 rows' block scales).
+//
+// One group of 16 rows with nb = cols / 32 blocks is laid out as
+//   quants: nb blocks of kChunks(type) chunks of 64 bytes; in block b, chunk k,
+//           bytes 4i..4i+3 belong to row i:
+//     Q8_0: 8 chunks; byte j is weight 4k+j of the block as an unsigned byte
+//           (int8 value + 128), so that u8 x s8 dot products apply;
+//     Q4_0: 4 chunks; byte j is GGUF's nibble byte 4k+j (low nibble: weight
+//           4k+j, high nibble: weight 16+4k+j, each stored + 8);
+//   scales: nb blocks of 16 fp16 scales, row i at position i;
+// padded to a multiple of 64 bytes. Rows past the last full group stay in the
+// original layout.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+
+#include "gguf/types.h"
+#include "kernels/kernels.h"
+
+namespace micromoe::kernels {
+
+constexpr int kPackRows = 16;
+
+// Whether weights of `type` have a packed form that `ks` computes with.
+bool CanPack(gguf::TensorType type, const KernelSet& ks = Active());
+
+// Bytes of one packed group of 16 rows of `cols` columns of `type`.
+uint64_t PackedGroupBytes(gguf::TensorType type, int64_t cols);
+
+// A 64-byte aligned buffer holding the packed groups of one matrix.
+class PackedWeights {
+ public:
+  // Packs the full groups of w (which must satisfy CanPack) using oneTBB
+  // workers; `view()` is w with `packed`, `packed_rows` and
+  // `packed_group_bytes` set. A matrix with fewer than 16 rows packs nothing.
+  static PackedWeights Pack(const MatrixView& w);
+
+  const MatrixView& view() const { return view_; }
+  uint64_t size_bytes() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> data_;
+  uint64_t size_ = 0;
+  MatrixView view_;
+};
+
+}  // namespace micromoe::kernels
