@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -170,17 +171,17 @@ void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel
         return;
       }
       const std::vector<uint8_t> w = RandomMatrix(type, kernels::kPackRows, kRow, 5);
-      const kernels::PackedWeights packed =
-          kernels::PackedWeights::Pack({type, w.data(), kernels::kPackRows, kRow, RowBytes(type, kRow)});
+      kernels::PackedArena arena(kernels::PackedBytes(type, kernels::kPackRows, kRow));
+      const kernels::MatrixView packed = arena.Pack({type, w.data(), kernels::kPackRows, kRow, RowBytes(type, kRow)});
       kernels::Activations act;
       act.Prepare(type, b.data(), kRow, 1, kRow, *ks);
       const auto fn = type == TensorType::kQ8_0 ? ks->gemm_q8_0_x16 : ks->gemm_q4_0_x16;
       for (auto _ : state) {
-        fn(packed.view().packed, kRow / kernels::kQK, static_cast<const uint8_t*>(act.q8_row(0)), act.q8_row_bytes(),
+        fn(packed.packed, kRow / kernels::kQK, static_cast<const uint8_t*>(act.q8_row(0)), act.q8_row_bytes(),
            act.terms_row(0), act.terms_stride(), 1, out.data());
         benchmark::ClobberMemory();
       }
-      bytes = static_cast<double>(packed.size_bytes() + x8.size());
+      bytes = static_cast<double>(arena.used_bytes() + x8.size());
       break;
     }
     case RowKernel::kDotQ8_0:
@@ -208,15 +209,10 @@ class WeightPool {
   // The copies repacked (kernels/packed.h); built once per type.
   const std::vector<kernels::MatrixView>& GetPacked(TensorType type) {
     if (type == packed_type_ && !packed_views_.empty()) return packed_views_;
-    packed_.clear();
     packed_views_.clear();
-    const uint64_t copies = std::max<uint64_t>(2, (kMinWorkingSet + RowBytes(type, kCols) * kRows - 1) /
-                                                      (RowBytes(type, kCols) * kRows));
     const std::vector<kernels::MatrixView>& plain = Get(type, 0);
-    for (uint64_t i = 0; i < copies; ++i) {
-      packed_.push_back(kernels::PackedWeights::Pack(plain[i % plain.size()]));
-      packed_views_.push_back(packed_.back().view());
-    }
+    packed_ = std::make_unique<kernels::PackedArena>(kernels::PackedBytes(type, kRows, kCols) * plain.size());
+    for (const kernels::MatrixView& w : plain) packed_views_.push_back(packed_->Pack(w));
     packed_type_ = type;
     return packed_views_;
   }
@@ -246,7 +242,7 @@ class WeightPool {
   std::vector<uint8_t> one_, buffer_;
   std::vector<kernels::MatrixView> views_;
   TensorType packed_type_ = TensorType::kF32;
-  std::vector<kernels::PackedWeights> packed_;
+  std::unique_ptr<kernels::PackedArena> packed_;
   std::vector<kernels::MatrixView> packed_views_;
 };
 

@@ -3,6 +3,8 @@
 #include <cstring>
 #include <new>
 
+#include <sys/mman.h>
+
 #include <tbb/parallel_for.h>
 
 #include "kernels/quant.h"
@@ -56,25 +58,37 @@ uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
   return (bytes + 63) / 64 * 64;
 }
 
-PackedWeights PackedWeights::Pack(const MatrixView& w) {
-  PackedWeights p;
-  p.view_ = w;
+uint64_t PackedBytes(TensorType type, int64_t rows, int64_t cols) {
+  return PackedGroupBytes(type, cols) * static_cast<uint64_t>(rows / kPackRows);
+}
+
+PackedArena::PackedArena(uint64_t capacity_bytes) {
+  if (capacity_bytes == 0) return;
+  void* p = mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return;  // Pack then leaves every matrix unpacked
+  madvise(p, capacity_bytes, MADV_HUGEPAGE);
+  base_ = static_cast<uint8_t*>(p);
+  capacity_ = capacity_bytes;
+}
+
+PackedArena::~PackedArena() {
+  if (base_ != nullptr) munmap(base_, capacity_);
+}
+
+MatrixView PackedArena::Pack(const MatrixView& w) {
   const int64_t groups = w.rows / kPackRows;
-  if (groups == 0) return p;
   const uint64_t group_bytes = PackedGroupBytes(w.type, w.cols);
-  p.size_ = group_bytes * static_cast<uint64_t>(groups);
-  p.data_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, p.size_)));
-  if (!p.data_) throw std::bad_alloc();
-  uint8_t* base = p.data_.get();
-  tbb::parallel_for(int64_t{0}, groups, [&](int64_t g) {
-    uint8_t* dst = base + static_cast<uint64_t>(g) * group_bytes;
-    std::memset(dst, 0, group_bytes);  // the padding too, so the buffer is fully defined
-    PackGroup(w, g, dst);
-  });
-  p.view_.packed = base;
-  p.view_.packed_rows = groups * kPackRows;
-  p.view_.packed_group_bytes = group_bytes;
-  return p;
+  const uint64_t size = group_bytes * static_cast<uint64_t>(groups);
+  if (groups == 0 || base_ == nullptr || size > capacity_ - used_) return w;
+  uint8_t* base = base_ + used_;
+  used_ += size;  // group_bytes is a multiple of 64, so the next piece stays aligned
+  // Fresh anonymous pages are zero, so the padding after each group is defined.
+  tbb::parallel_for(int64_t{0}, groups, [&](int64_t g) { PackGroup(w, g, base + static_cast<uint64_t>(g) * group_bytes); });
+  MatrixView v = w;
+  v.packed = base;
+  v.packed_rows = groups * kPackRows;
+  v.packed_group_bytes = group_bytes;
+  return v;
 }
 
 }  // namespace micromoe::kernels

@@ -16,8 +16,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
-#include <memory>
 
 #include "gguf/types.h"
 #include "kernels/kernels.h"
@@ -32,24 +30,33 @@ bool CanPack(gguf::TensorType type, const KernelSet& ks = Active());
 // Bytes of one packed group of 16 rows of `cols` columns of `type`.
 uint64_t PackedGroupBytes(gguf::TensorType type, int64_t cols);
 
-// A 64-byte aligned buffer holding the packed groups of one matrix.
-class PackedWeights {
+// Memory for packed matrices: one reservation of address space (nothing is
+// resident until written), backed by transparent huge pages where the system
+// allows them (fewer page faults while packing, fewer TLB misses while
+// streaming weights), handed out in 64-byte aligned pieces.
+class PackedArena {
  public:
-  // Packs the full groups of w (which must satisfy CanPack) using oneTBB
-  // workers; `view()` is w with `packed`, `packed_rows` and
-  // `packed_group_bytes` set. A matrix with fewer than 16 rows packs nothing.
-  static PackedWeights Pack(const MatrixView& w);
+  explicit PackedArena(uint64_t capacity_bytes);
+  ~PackedArena();
+  PackedArena(const PackedArena&) = delete;
+  PackedArena& operator=(const PackedArena&) = delete;
 
-  const MatrixView& view() const { return view_; }
-  uint64_t size_bytes() const { return size_; }
+  // Packs the full groups of w (whose type must satisfy CanPack) with oneTBB
+  // workers and returns w with `packed`, `packed_rows` and
+  // `packed_group_bytes` set. Returns w unchanged when it has fewer than 16
+  // rows or the arena lacks room.
+  MatrixView Pack(const MatrixView& w);
+
+  uint64_t used_bytes() const { return used_; }
 
  private:
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, Free> data_;
-  uint64_t size_ = 0;
-  MatrixView view_;
+  uint8_t* base_ = nullptr;
+  uint64_t capacity_ = 0;
+  uint64_t used_ = 0;
 };
+
+// An upper bound of the arena bytes that packing the full groups of `rows` x
+// `cols` of `type` takes.
+uint64_t PackedBytes(gguf::TensorType type, int64_t rows, int64_t cols);
 
 }  // namespace micromoe::kernels

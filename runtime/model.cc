@@ -93,9 +93,18 @@ void ReleaseMappedPages(const uint8_t* p, uint64_t n) {
 
 kernels::MatrixView Model::Matrix(const TensorInfo& t, int64_t slice, const LoadOptions& options) {
   kernels::MatrixView m = View(t, slice);
-  if (!options.pack_weights || !kernels::CanPack(m.type) || m.rows < kernels::kPackRows) return m;
-  packed_.push_back(kernels::PackedWeights::Pack(m));
-  m = packed_.back().view();
+  if (!options.pack_weights || !kernels::CanPack(m.type)) return m;
+  if (packed_ == nullptr) {
+    // Address space for every matrix that may be packed; only what is written becomes resident.
+    uint64_t capacity = 0;
+    for (const TensorInfo& u : file_->tensors()) {
+      if (!kernels::CanPack(u.type) || u.n_dims < 2 || u.n_elements == 0) continue;
+      capacity += kernels::PackedBytes(u.type, static_cast<int64_t>(u.ne[1]), static_cast<int64_t>(u.ne[0])) *
+                  (u.n_elements / (u.ne[0] * u.ne[1]));
+    }
+    packed_ = std::make_unique<kernels::PackedArena>(capacity);
+  }
+  m = packed_->Pack(m);
   ReleaseMappedPages(m.data, static_cast<uint64_t>(m.packed_rows) * m.row_bytes);
   return m;
 }

@@ -105,7 +105,7 @@ class Model {
   std::vector<float> output_norm_;
   std::vector<LayerWeights> layers_;
   std::vector<std::vector<const experts::Expert*>> expert_table_;
-  std::vector<kernels::PackedWeights> packed_;  // owns the packed matrices the views point into
+  std::unique_ptr<kernels::PackedArena> packed_;  // holds the packed matrices the views point into
 };
 
 }  // namespace micromoe::runtime

@@ -868,10 +868,10 @@ TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
     if (!CanPack(type, *ks_)) continue;
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
-    const PackedWeights packed = PackedWeights::Pack(plain);
-    const MatrixView& view = packed.view();
+    PackedArena arena(PackedBytes(type, kRows, kCols));
+    const MatrixView view = arena.Pack(plain);
     ASSERT_EQ(view.packed_rows, 3 * kPackRows);
-    ASSERT_EQ(packed.size_bytes(), 3 * PackedGroupBytes(type, kCols));
+    ASSERT_EQ(arena.used_bytes(), 3 * PackedGroupBytes(type, kCols));
     ASSERT_EQ(reinterpret_cast<uintptr_t>(view.packed) % 64, 0u);
     for (int64_t n_x : {1, 2, 3, 4, 5, 9}) {
       const std::vector<float> x = RandomFloats(rng_, n_x * kCols);
@@ -906,20 +906,26 @@ TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     if (!CanPack(type, ScalarKernels())) GTEST_SKIP() << "scalar packed kernels expected";
-    const PackedWeights packed = PackedWeights::Pack(plain);
+    PackedArena arena(PackedBytes(type, kRows, kCols));
+    const MatrixView packed = arena.Pack(plain);
+    ASSERT_NE(packed.packed, nullptr);
     std::vector<float> a(kRows), b(kRows);
     MatMul(plain, x.data(), kCols, 1, a.data(), kRows, *ks_);
-    MatMul(packed.view(), x.data(), kCols, 1, b.data(), kRows, *ks_);
+    MatMul(packed, x.data(), kCols, 1, b.data(), kRows, *ks_);
     for (int64_t o = 0; o < kRows; ++o) EXPECT_NEAR(a[o], b[o], 1e-5f * (1 + std::fabs(a[o]))) << o;
   }
 }
 
-TEST(PackedWeightsTest, MatricesOfFewerThanSixteenRowsAreNotPacked) {
-  const std::vector<uint8_t> bytes(15 * sizeof(BlockQ8_0), 0);
-  const PackedWeights p = PackedWeights::Pack({TensorType::kQ8_0, bytes.data(), 15, kQK, sizeof(BlockQ8_0)});
-  EXPECT_EQ(p.view().packed, nullptr);
-  EXPECT_EQ(p.view().packed_rows, 0);
-  EXPECT_EQ(p.size_bytes(), 0u);
+TEST(PackedWeightsTest, SmallMatricesAndAFullArenaStayUnpacked) {
+  const std::vector<uint8_t> bytes(32 * sizeof(BlockQ8_0), 0);
+  PackedArena arena(PackedBytes(TensorType::kQ8_0, 16, kQK));
+  EXPECT_EQ(arena.Pack({TensorType::kQ8_0, bytes.data(), 15, kQK, sizeof(BlockQ8_0)}).packed, nullptr);
+  EXPECT_EQ(arena.used_bytes(), 0u);
+  EXPECT_EQ(arena.Pack({TensorType::kQ8_0, bytes.data(), 32, kQK, sizeof(BlockQ8_0)}).packed, nullptr) << "no room";
+  const MatrixView v = arena.Pack({TensorType::kQ8_0, bytes.data(), 16, kQK, sizeof(BlockQ8_0)});
+  EXPECT_NE(v.packed, nullptr);
+  EXPECT_EQ(v.packed_rows, 16);
+  EXPECT_EQ(arena.Pack({TensorType::kQ8_0, bytes.data(), 16, kQK, sizeof(BlockQ8_0)}).packed, nullptr) << "full";
   EXPECT_FALSE(CanPack(TensorType::kF16, ScalarKernels()));
   EXPECT_FALSE(CanPack(TensorType::kQ4_K, ScalarKernels()));
 }
@@ -935,9 +941,12 @@ TEST(PackedWeightsTest, LayoutPutsFourWeightsOfEachRowPerLane) {
       for (int e = 0; e < kQK; ++e) rows[i * 2 + b].qs[e] = static_cast<int8_t>((i + b * kQK + e) % 7 - 3);
     }
   }
-  const PackedWeights p = PackedWeights::Pack(
-      {TensorType::kQ8_0, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows, kCols, 2 * sizeof(BlockQ8_0)});
-  const uint8_t* g = p.view().packed;
+  PackedArena arena(PackedBytes(TensorType::kQ8_0, kPackRows, kCols));
+  const uint8_t* g = arena
+                         .Pack({TensorType::kQ8_0, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows, kCols,
+                                2 * sizeof(BlockQ8_0)})
+                         .packed;
+  ASSERT_NE(g, nullptr);
   for (int b = 0; b < 2; ++b) {
     for (int i = 0; i < kPackRows; ++i) {
       for (int e = 0; e < kQK; ++e) {
