@@ -14,159 +14,6 @@ namespace {
 
 constexpr std::string_view kSpaceMark = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 
-// How the pre-tokenizer splitters see one character.
-enum class Cls : uint8_t { kLetter, kNumber, kSpace, kOther, kNone /* past the range */ };
-
-// \p{L}, \p{N}, \s and the rest, from the full Unicode tables: what
-// llama.cpp's hand-written GPT-2 splitter uses.
-Cls Gpt2Class(uint32_t cp) {
-  if (IsWhitespace(cp)) return Cls::kSpace;
-  switch (ClassOf(cp)) {
-    case CodepointClass::kLetter: return Cls::kLetter;
-    case CodepointClass::kNumber: return Cls::kNumber;
-    default: return Cls::kOther;
-  }
-}
-
-// llama.cpp runs the qwen2 regex through std::regex on a "collapsed" text in
-// which every non-ASCII code point stands for its category: letters, numbers
-// and punctuation keep theirs, white space becomes \v, and everything else
-// (symbols, marks, unassigned...) falls back to the letter class. Reproduced
-// here so that token ids match.
-Cls Qwen2Class(uint32_t cp) {
-  if (cp < 0x80 || IsWhitespace(cp)) return Gpt2Class(cp);
-  switch (ClassOf(cp)) {
-    case CodepointClass::kNumber: return Cls::kNumber;
-    case CodepointClass::kPunctuation: return Cls::kOther;
-    default: return Cls::kLetter;
-  }
-}
-
-bool IsCrLf(uint32_t cp) { return cp == '\r' || cp == '\n'; }
-uint32_t AsciiLower(uint32_t cp) { return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp; }
-
-// The characters of one text fragment, as the splitters see them.
-struct Chars {
-  std::vector<uint32_t> cp;
-  std::vector<Cls> cls;
-  Cls At(size_t i, size_t end) const { return i < end ? cls[i] : Cls::kNone; }
-};
-
-// llama.cpp's custom splitter for the GPT-2 regex
-//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// over characters [begin, end); appends the end index of each word.
-void SplitGpt2(const Chars& c, size_t begin, size_t end, std::vector<size_t>* ends) {
-  size_t pos = begin;
-  while (pos < end) {
-    const uint32_t cp = c.cp[pos];
-    if (cp == '\'' && pos + 1 < end) {
-      const uint32_t n1 = c.cp[pos + 1];
-      if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd') {
-        pos += 2;
-        ends->push_back(pos);
-        continue;
-      }
-      if (pos + 2 < end) {
-        const uint32_t n2 = c.cp[pos + 2];
-        if ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l')) {
-          pos += 3;
-          ends->push_back(pos);
-          continue;
-        }
-      }
-    }
-    const Cls cls = cp == ' ' ? c.At(pos + 1, end) : c.cls[pos];
-    if (cls == Cls::kLetter || cls == Cls::kNumber || cls == Cls::kOther) {
-      pos += (cp == ' ');
-      while (c.At(pos, end) == cls) ++pos;
-      ends->push_back(pos);
-      continue;
-    }
-    size_t n_space = 0;
-    while (c.At(pos + n_space, end) == Cls::kSpace) ++n_space;
-    if (n_space > 1 && pos + n_space < end) {
-      pos += n_space - 1;  // \s+(?!\S): leave the last space to the next word
-    } else if (n_space > 0) {
-      pos += n_space;
-    } else {
-      pos += 1;
-    }
-    ends->push_back(pos);
-  }
-}
-
-// The qwen2 regex, alternatives tried in order as std::regex does:
-//   (?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}
-//   | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-// Llama 3's regex is the same with \p{N}{1,3}: max_digits says how many
-// digits one word takes. Every character starts some match, so the words tile the range.
-void SplitQwen2(const Chars& c, size_t begin, size_t end, std::vector<size_t>* ends, int max_digits = 1) {
-  size_t pos = begin;
-  while (pos < end) {
-    const uint32_t cp = c.cp[pos];
-    const Cls cls = c.cls[pos];
-    size_t stop = 0;
-    if (cp == '\'' && pos + 1 < end) {
-      const uint32_t n1 = AsciiLower(c.cp[pos + 1]);
-      const uint32_t n2 = pos + 2 < end ? AsciiLower(c.cp[pos + 2]) : 0;
-      if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd') {
-        stop = pos + 2;
-      } else if ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l')) {
-        stop = pos + 3;
-      }
-    }
-    if (stop != 0) {
-      // matched a contraction
-    } else if (cls != Cls::kLetter && cls != Cls::kNumber && !IsCrLf(cp) &&
-               c.At(pos + 1, end) == Cls::kLetter) {
-      stop = pos + 1;
-      while (c.At(stop, end) == Cls::kLetter) ++stop;
-    } else if (cls == Cls::kLetter) {
-      stop = pos;
-      while (c.At(stop, end) == Cls::kLetter) ++stop;
-    } else if (cls == Cls::kNumber) {
-      stop = pos + 1;
-      while (stop - pos < static_cast<size_t>(max_digits) && c.At(stop, end) == Cls::kNumber) ++stop;
-    } else if (cls == Cls::kOther || (cp == ' ' && c.At(pos + 1, end) == Cls::kOther)) {
-      stop = pos + (cp == ' ');
-      while (c.At(stop, end) == Cls::kOther) ++stop;
-      while (stop < end && IsCrLf(c.cp[stop])) ++stop;
-    } else {  // white space
-      size_t run_end = pos;
-      size_t last_crlf = end;
-      while (c.At(run_end, end) == Cls::kSpace) {
-        if (IsCrLf(c.cp[run_end])) last_crlf = run_end;
-        ++run_end;
-      }
-      if (last_crlf != end) {
-        stop = last_crlf + 1;  // \s*[\r\n]+
-      } else if (run_end == end || run_end - pos == 1) {
-        stop = run_end;  // \s+(?!\S) at the end, or \s+
-      } else {
-        stop = run_end - 1;  // \s+(?!\S)
-      }
-    }
-    pos = stop;
-    ends->push_back(pos);
-  }
-}
-
-// refact/starcoder: first \p{N} (each digit its own word, the text between
-// them one piece each), then the GPT-2 regex on the pieces.
-void SplitRefact(const Chars& c, size_t begin, size_t end, std::vector<size_t>* ends) {
-  size_t pos = begin;
-  while (pos < end) {
-    if (c.cls[pos] == Cls::kNumber) {
-      ends->push_back(++pos);
-      continue;
-    }
-    size_t stop = pos;
-    while (stop < end && c.cls[stop] != Cls::kNumber) ++stop;
-    SplitGpt2(c, pos, stop, ends);
-    pos = stop;
-  }
-}
-
 bool IsNumeric(gguf::ValueType t) {
   switch (t) {
     case gguf::ValueType::kBool: case gguf::ValueType::kString: case gguf::ValueType::kArray:
@@ -285,27 +132,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const gguf::File&
   if (!llama) {
     auto pre = file.GetString("tokenizer.ggml.pre");
     if (!pre.ok()) return pre.status();
-    static constexpr std::pair<std::string_view, PreTokenizer> kPreTokenizers[] = {
-        {"gpt-2", PreTokenizer::kGpt2},        {"gpt2", PreTokenizer::kGpt2},
-        {"olmo", PreTokenizer::kGpt2},         {"mpt", PreTokenizer::kGpt2},
-        {"jais", PreTokenizer::kGpt2},         {"phi-2", PreTokenizer::kGpt2},
-        {"roberta-bpe", PreTokenizer::kGpt2},  {"qwen2", PreTokenizer::kQwen2},
-        {"stablelm2", PreTokenizer::kQwen2},   {"deepseek-r1-qwen", PreTokenizer::kQwen2},
-        {"llama3", PreTokenizer::kLlama3},     {"llama-v3", PreTokenizer::kLlama3},
-        {"llama-bpe", PreTokenizer::kLlama3},
-        {"refact", PreTokenizer::kRefact},     {"starcoder", PreTokenizer::kRefact},
-        {"command-r", PreTokenizer::kRefact},  {"smollm", PreTokenizer::kRefact},
-        {"codeshell", PreTokenizer::kRefact},  {"exaone", PreTokenizer::kRefact},
-        {"minerva-7b", PreTokenizer::kRefact},
-    };
-    for (const auto& [name, kind] : kPreTokenizers) {
-      if (*pre == name) t->pre_ = kind;
-    }
-    if (t->pre_ == PreTokenizer::kNone) {
-      return absl::InvalidArgumentError(StrCat(
-          "tokenizer: unsupported tokenizer.ggml.pre '", *pre,
-          "' (supported: the gpt2 regex (gpt-2, olmo, mpt, jais, ...), qwen2, llama3 (llama-bpe), refact)"));
-    }
+    auto pre_tokenizer = PreTokenizer::Create(*pre);
+    if (!pre_tokenizer.ok()) return pre_tokenizer.status();
+    t->pre_tokenizer_ = std::move(*pre_tokenizer);
     const gguf::Value* merges = file.Find("tokenizer.ggml.merges");
     if (merges == nullptr || merges->type != gguf::ValueType::kArray ||
         merges->array_type != gguf::ValueType::kString) {
@@ -542,34 +371,7 @@ void Tokenizer::EncodeSpm(std::string_view raw, bool space_prefix,
 }
 
 void Tokenizer::EncodeBpe(std::string_view text, std::vector<int32_t>* out) const {
-  Chars chars;
-  std::vector<size_t> starts;  // byte offset of each character, then text.size()
-  chars.cp.reserve(text.size());
-  starts.reserve(text.size() + 1);
-  for (size_t pos = 0; pos < text.size();) {
-    const Utf8Char ch = DecodeUtf8(text, pos);
-    chars.cp.push_back(ch.cp);
-    starts.push_back(pos);
-    pos += ch.len;
-  }
-  starts.push_back(text.size());
-  chars.cls.resize(chars.cp.size());
-  for (size_t i = 0; i < chars.cp.size(); ++i) {
-    chars.cls[i] = pre_ == PreTokenizer::kQwen2 ? Qwen2Class(chars.cp[i]) : Gpt2Class(chars.cp[i]);
-  }
-  std::vector<size_t> ends;
-  switch (pre_) {
-    case PreTokenizer::kQwen2: SplitQwen2(chars, 0, chars.cp.size(), &ends); break;
-    // llama.cpp's own Llama 3 splitter uses the true Unicode classes (no qwen2 collapsing).
-    case PreTokenizer::kLlama3: SplitQwen2(chars, 0, chars.cp.size(), &ends, 3); break;
-    case PreTokenizer::kRefact: SplitRefact(chars, 0, chars.cp.size(), &ends); break;
-    default: SplitGpt2(chars, 0, chars.cp.size(), &ends); break;
-  }
-  size_t begin = 0;
-  for (const size_t end : ends) {
-    BpeWord(text.substr(starts[begin], starts[end] - starts[begin]), out);
-    begin = end;
-  }
+  for (const std::string_view word : pre_tokenizer_->Split(text)) BpeWord(word, out);
 }
 
 void Tokenizer::BpeWord(std::string_view word, std::vector<int32_t>* out) const {
@@ -579,7 +381,7 @@ void Tokenizer::BpeWord(std::string_view word, std::vector<int32_t>* out) const 
   for (const char c : word) AppendUtf8(ByteToGpt2Codepoint(static_cast<uint8_t>(c)), &text);
   // Llama 3 vocabularies take a whole word that is a token as is, without
   // merging (llama.cpp's ignore_merges).
-  if (pre_ == PreTokenizer::kLlama3) {
+  if (pre_tokenizer_->ignore_merges()) {
     if (const int32_t id = Find(text); id >= 0) {
       out->push_back(id);
       return;

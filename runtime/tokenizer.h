@@ -2,9 +2,10 @@
 // llama.cpp's tokenizers token for token:
 //  - "llama": SentencePiece BPE (score-ordered merges of UTF-8 characters,
 //    spaces as U+2581, byte fallback to <0xXX> tokens);
-//  - "gpt2": byte-level BPE (ranked merges over GPT-2's byte alphabet) after a
-//    pre-tokenizer chosen by tokenizer.ggml.pre ("gpt2"/"olmo"/"mpt"/"jais",
-//    "qwen2"/"stablelm2"/"deepseek-r1-qwen", "refact"/"starcoder"/...).
+//  - "gpt2": byte-level BPE (ranked merges over GPT-2's byte alphabet) within
+//    the words of the pre-tokenizer tokenizer.ggml.pre names ("gpt2"/"olmo"/
+//    "mpt"/"jais", "qwen2"/"stablelm2"/"deepseek-r1-qwen", "llama-bpe",
+//    "refact"/"starcoder"/...; see pre_tokenizer.h).
 //
 // Thread-safety: a Tokenizer is immutable after FromGguf; every method is const
 // and may be called from any thread.
@@ -20,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "gguf/gguf.h"
+#include "runtime/pre_tokenizer.h"
 
 namespace micromoe::runtime {
 
@@ -68,7 +70,6 @@ class Tokenizer {
 
  private:
   enum class Model : uint8_t { kLlama, kGpt2 };
-  enum class PreTokenizer : uint8_t { kNone, kGpt2, kQwen2, kLlama3, kRefact };
   // Values of tokenizer.ggml.token_type.
   enum TokenType : uint8_t {
     kUndefined = 0, kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5,
@@ -84,7 +85,7 @@ class Tokenizer {
   void BpeWord(std::string_view word, std::vector<int32_t>* out) const;
 
   Model model_ = Model::kLlama;
-  PreTokenizer pre_ = PreTokenizer::kNone;
+  std::unique_ptr<PreTokenizer> pre_tokenizer_;  // gpt2 only
   std::vector<std::string> pieces_;  // never resized after FromGguf: piece_to_id_ views into it
   std::vector<float> scores_;
   std::vector<TokenType> types_;

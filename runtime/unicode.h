@@ -1,5 +1,6 @@
-// Unicode helpers for the tokenizer: a UTF-8 decoder that never fails,
-// coarse general categories, and GPT-2's byte <-> code point table.
+// Unicode helpers for the tokenizer: a UTF-8 decoder that never fails, and
+// GPT-2's byte <-> code point table. (Character classes are PCRE2's: see
+// pre_tokenizer.h.)
 //
 // Thread-safety: all functions are pure and may be called from any thread.
 #pragma once
@@ -10,17 +11,6 @@
 #include <string_view>
 
 namespace micromoe::runtime {
-
-// A code point's Unicode general category, coarsened to what pre-tokenizers
-// ask about: L*, N*, P*, or anything else (symbols, marks, controls,
-// separators, private use, unassigned). Exact for Unicode 14.0.
-enum class CodepointClass : uint8_t { kLetter, kNumber, kPunctuation, kOther };
-
-CodepointClass ClassOf(uint32_t cp);
-
-// White space as the tokenizer regexes' \s means it: U+0009..U+000D, space,
-// U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000.
-bool IsWhitespace(uint32_t cp);
 
 inline constexpr uint32_t kReplacementCharacter = 0xFFFD;
 

@@ -8,7 +8,7 @@ packages=(
   libtbb-dev libeigen3-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libcli11-dev nlohmann-json3-dev
+  libcli11-dev nlohmann-json3-dev libpcre2-dev
   python3-grpcio python3-protobuf python3-numpy
 )
 
