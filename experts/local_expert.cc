@@ -6,6 +6,7 @@
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
+#include "base/scratch.h"
 #include "kernels/packed.h"
 
 namespace micromoe::experts {
@@ -34,7 +35,7 @@ LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kerne
 
 absl::Status LocalExpert::Forward(const float* in, int64_t n_rows, float* out) const {
   const int64_t ff = gate_.rows;
-  std::vector<float> g(static_cast<size_t>(n_rows) * ff), u(g.size());
+  Scratch<float> g(static_cast<size_t>(n_rows) * ff), u(g.size());
   ParallelMatMul(gate_, in, dim(), n_rows, g.data(), ff);
   ParallelMatMul(up_, in, dim(), n_rows, u.data(), ff);
   for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];

@@ -165,11 +165,11 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
   x_ = x;
   ldx_ = ldx;
   n_x_ = n_x;
-  q8_.clear();
+  quantized_ = false;
   if (weight_type == TensorType::kQ4_K || weight_type == TensorType::kQ5_K || weight_type == TensorType::kQ6_K) {
     // K-quant products read activations rounded to Q8_K (8 bits per 256-block), as
     // other engines' integer K-quant kernels do; kept as F32 values here.
-    rounded_.resize(static_cast<size_t>(n_x) * cols);
+    rounded_.Resize(static_cast<size_t>(n_x) * cols);
     for (int64_t r = 0; r < n_x; ++r) RoundThroughQ8_K(x + r * ldx, rounded_.data() + r * cols, cols);
     x_ = rounded_.data();
     ldx_ = cols;
@@ -178,9 +178,10 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
   if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0) return;
   const int64_t nb = cols / kQK;
   q8_row_bytes_ = static_cast<uint64_t>(nb) * sizeof(BlockQ8_0);
-  q8_.resize(q8_row_bytes_ * n_x);
+  q8_.Resize(q8_row_bytes_ * n_x);
+  quantized_ = true;
   terms_stride_ = 2 * static_cast<uint64_t>(nb);
-  terms_.resize(terms_stride_ * n_x);
+  terms_.Resize(terms_stride_ * n_x);
   const int offset = weight_type == TensorType::kQ8_0 ? 128 : 8;  // see packed.h
   for (int64_t r = 0; r < n_x; ++r) {
     ks.quantize_q8_0(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);

@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/scratch.h"
 #include "gguf/types.h"
 #include "kernels/kernel_set.h"
 
@@ -47,7 +48,7 @@ class Activations {
   void Prepare(gguf::TensorType weight_type, const float* x, int64_t ldx, int64_t n_x, int64_t cols,
                const KernelSet& ks = Active());
   int64_t n_rows() const { return n_x_; }
-  bool quantized() const { return !q8_.empty(); }
+  bool quantized() const { return quantized_; }
   const float* f32_row(int64_t r) const { return x_ + r * ldx_; }
   const void* q8_row(int64_t r) const { return q8_.data() + r * q8_row_bytes_; }
   uint64_t q8_row_bytes() const { return q8_row_bytes_; }
@@ -60,9 +61,10 @@ class Activations {
   int64_t ldx_ = 0, n_x_ = 0;
   uint64_t q8_row_bytes_ = 0;
   uint64_t terms_stride_ = 0;
-  std::vector<uint8_t> q8_;
-  std::vector<float> terms_;
-  std::vector<float> rounded_;
+  bool quantized_ = false;
+  Scratch<uint8_t> q8_;
+  Scratch<float> terms_;
+  Scratch<float> rounded_;
 };
 
 // For o in [o_begin, o_end) and r in [0, x.n_rows()): y[r * ldy + o] = dot(W row o, x row r).

@@ -6,6 +6,7 @@
 
 #include <tbb/task_group.h>
 
+#include "base/scratch.h"
 #include "base/str_cat.h"
 
 namespace micromoe::runtime {
@@ -14,7 +15,7 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
                                  const std::vector<const experts::Expert*>& experts, float* out,
                                  ExpertFailurePolicy policy, std::vector<DroppedExpert>* dropped) {
   const size_t n_entries = plan.group_rows.size();
-  std::vector<float> in(n_entries * dim), y(n_entries * dim);
+  Scratch<float> in(n_entries * dim), y(n_entries * dim);
   std::vector<absl::Status> status(plan.n_experts);
   auto rows_in = [&](int e) { return in.data() + static_cast<size_t>(plan.group_begin[e]) * dim; };
   auto rows_out = [&](int e) { return y.data() + static_cast<size_t>(plan.group_begin[e]) * dim; };

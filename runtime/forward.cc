@@ -5,6 +5,7 @@
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
+#include "base/scratch.h"
 #include "base/str_cat.h"
 #include "experts/local_expert.h"
 #include "runtime/expert_executor.h"
@@ -69,9 +70,9 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
   }
   if (n == 0) return absl::OkStatus();
 
-  std::vector<float> x(static_cast<size_t>(n) * d), xn(x.size()), ffn_out(x.size());
-  std::vector<float> q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kvd), v(k.size());
-  std::vector<float> attn(q.size());
+  Scratch<float> x(static_cast<size_t>(n) * d), xn(x.size()), ffn_out(x.size());
+  Scratch<float> q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kvd), v(k.size());
+  Scratch<float> attn(q.size());
   for (int r = 0; r < n; ++r) {
     float* xr = x.data() + static_cast<size_t>(r) * d;
     kernels::DequantizeRow(model.token_embd().type, model.token_embd().row(rows[r].token), xr, d);
