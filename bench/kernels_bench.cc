@@ -9,7 +9,7 @@
 //                                 each copy 64-byte aligned;
 //   matmul_parallel/<type>/threads:N  the same through ParallelMatMul (the
 //                                 oneTBB row split the experts use), active
-//                                 back-end;
+//                                 back-end, packed weights where it packs;
 //   matmul_align32/<type>/<backend>  as matmul, each copy 32 bytes off a
 //                                 64-byte boundary (GGUF aligns tensors to 32);
 //   matmul_packed/<type>/<backend>  as matmul, on weights repacked at load
@@ -275,7 +275,8 @@ void BM_MatMul(benchmark::State& state, const KernelSet* ks, TensorType type, La
 void BM_ParallelMatMul(benchmark::State& state, TensorType type, Bandwidth bandwidth) {
   const int threads = static_cast<int>(state.range(0));
   tbb::global_control control(tbb::global_control::max_allowed_parallelism, threads);
-  const std::vector<kernels::MatrixView>& w = Pool().Get(type, 0);
+  // Packed where the active back-end computes with packed weights, as models load them.
+  const std::vector<kernels::MatrixView>& w = kernels::CanPack(type) ? Pool().GetPacked(type) : Pool().Get(type, 0);
   const std::vector<float> x = RandomFloats(kCols, 3);
   std::vector<float> y(kRows);
   size_t i = 0;

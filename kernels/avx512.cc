@@ -134,9 +134,9 @@ void Q4_0ToF32(const void* src, float* dst, int64_t n) {
 // removed per block with the precomputed C * sum(codes): lane i gets
 // d_w[i] * d_x * (dot - C * sum).
 // Software prefetch distance: with it, streaming a packed Q4_0 matrix from
-// memory went from 0.47 to 0.73 of the read bandwidth (kernels_bench
-// matmul_packed, 1 thread; 1024 to 4096 bytes measured, 4096 best).
-constexpr int kPrefetchBytes = 4096;
+// memory went from 0.47 to 0.8-0.9 of the read bandwidth (kernels_bench
+// matmul_packed, 1 thread; 1024 to 16384 bytes tried, 8192 best).
+constexpr int kPrefetchBytes = 8192;
 
 template <int kRows, bool kQ4>
 void GemmX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
