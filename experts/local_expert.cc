@@ -11,23 +11,42 @@
 
 namespace micromoe::experts {
 
-void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x,
-                    float* y, int64_t ldy) {
-  // Work is split in units of 16 rows (one packed group, see kernels/packed.h);
-  // about 64K multiply-adds per task keeps scheduling overhead small.
+void ParallelMatMuls(std::initializer_list<Product> products, const float* x, int64_t ldx, int64_t n_x) {
+  const kernels::MatrixView& first = *products.begin()->w;
+  for (const Product& p : products) {
+    if (p.w->type != first.type || p.w->cols != first.cols) {
+      for (const Product& q : products) ParallelMatMuls({q}, x, ldx, n_x);
+      return;
+    }
+  }
+  // Work is split in units of 16 rows (one packed group, see kernels/packed.h)
+  // numbered across the products; about 64K multiply-adds per task keeps
+  // scheduling overhead small.
   constexpr int64_t kUnit = kernels::kPackRows;
-  const int64_t units = (w.rows + kUnit - 1) / kUnit;
-  const int64_t work_per_unit = std::max<int64_t>(1, w.cols * n_x * kUnit);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / work_per_unit);
+  int64_t units = 0;
+  for (const Product& p : products) units += (p.w->rows + kUnit - 1) / kUnit;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, first.cols * n_x * kUnit));
   kernels::Activations a;
-  a.Prepare(w.type, x, ldx, n_x, w.cols);
+  a.Prepare(first.type, x, ldx, n_x, first.cols);
+  auto run_units = [&](int64_t begin, int64_t end) {
+    int64_t base = 0;  // first unit of the current product
+    for (const Product& p : products) {
+      const int64_t n_units = (p.w->rows + kUnit - 1) / kUnit;
+      const int64_t b = std::max(begin, base), e = std::min(end, base + n_units);
+      if (b < e) kernels::MatMulRows(*p.w, a, p.y, p.ldy, (b - base) * kUnit, std::min(p.w->rows, (e - base) * kUnit));
+      base += n_units;
+    }
+  };
   if (grain >= units) {
-    kernels::MatMulRows(w, a, y, ldy, 0, w.rows);
+    run_units(0, units);
     return;
   }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, units, grain), [&](const tbb::blocked_range<int64_t>& r) {
-    kernels::MatMulRows(w, a, y, ldy, r.begin() * kUnit, std::min(w.rows, r.end() * kUnit));
-  });
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, units, grain),
+                    [&](const tbb::blocked_range<int64_t>& r) { run_units(r.begin(), r.end()); });
+}
+
+void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x, float* y, int64_t ldy) {
+  ParallelMatMuls({{&w, y, ldy}}, x, ldx, n_x);
 }
 
 LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kernels::MatrixView down)
@@ -36,8 +55,7 @@ LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kerne
 absl::Status LocalExpert::Forward(const float* in, int64_t n_rows, float* out) const {
   const int64_t ff = gate_.rows;
   Scratch<float> g(static_cast<size_t>(n_rows) * ff), u(g.size());
-  ParallelMatMul(gate_, in, dim(), n_rows, g.data(), ff);
-  ParallelMatMul(up_, in, dim(), n_rows, u.data(), ff);
+  ParallelMatMuls({{&gate_, g.data(), ff}, {&up_, u.data(), ff}}, in, dim(), n_rows);
   for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
   ParallelMatMul(down_, g.data(), ff, n_rows, out, dim());
   return absl::OkStatus();

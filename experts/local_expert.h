@@ -2,6 +2,8 @@
 // out = down( silu(gate(x)) * up(x) ).
 #pragma once
 
+#include <initializer_list>
+
 #include "experts/expert.h"
 #include "kernels/kernels.h"
 
@@ -24,5 +26,18 @@ class LocalExpert final : public Expert {
 // oneTBB workers when the work is big enough to pay for it.
 void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x,
                     float* y, int64_t ldy);
+
+// One output of ParallelMatMuls: y = w x with row stride ldy.
+struct Product {
+  const kernels::MatrixView* w;
+  float* y;
+  int64_t ldy;
+};
+
+// Several products of the same input (Q/K/V, gate/up) as one parallel loop:
+// one synchronisation instead of one per matrix, and the activations are
+// quantized once when the matrices share a weight type (otherwise each
+// product runs on its own).
+void ParallelMatMuls(std::initializer_list<Product> products, const float* x, int64_t ldx, int64_t n_x);
 
 }  // namespace micromoe::experts

@@ -86,9 +86,7 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
   for (int il = 0; il < hp.n_layer; ++il) {
     const LayerWeights& L = model.layers()[il];
     RmsNormRows(x.data(), L.attn_norm, n, d, hp.rms_eps, xn.data());
-    experts::ParallelMatMul(L.wq, xn.data(), d, n, q.data(), qd);
-    experts::ParallelMatMul(L.wk, xn.data(), d, n, k.data(), kvd);
-    experts::ParallelMatMul(L.wv, xn.data(), d, n, v.data(), kvd);
+    experts::ParallelMatMuls({{&L.wq, q.data(), qd}, {&L.wk, k.data(), kvd}, {&L.wv, v.data(), kvd}}, xn.data(), d, n);
     AddBias(q.data(), L.bq, n);
     AddBias(k.data(), L.bk, n);
     AddBias(v.data(), L.bv, n);
