@@ -1,6 +1,10 @@
 #include "cli/quantize.h"
 
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
 #include <cstdio>
+#include <map>
 #include <vector>
 
 #include "base/str_cat.h"
@@ -21,10 +25,14 @@ struct TypeName {
   uint32_t file_type;  // general.file_type as GGUF engines number it
 };
 
+// K-quant file types as the "mostly" (_S) variants: those name files whose
+// matrices are all of the one type.
 constexpr TypeName kTypes[] = {
-    {"f32", TensorType::kF32, 0}, {"f16", TensorType::kF16, 1}, {"bf16", TensorType::kBF16, 32},
-    {"q8_0", TensorType::kQ8_0, 7}, {"q4_0", TensorType::kQ4_0, 2},
+    {"f32", TensorType::kF32, 0},   {"f16", TensorType::kF16, 1},   {"bf16", TensorType::kBF16, 32},
+    {"q8_0", TensorType::kQ8_0, 7}, {"q4_0", TensorType::kQ4_0, 2}, {"q4_k", TensorType::kQ4_K, 14},
+    {"q5_k", TensorType::kQ5_K, 16}, {"q6_k", TensorType::kQ6_K, 18},
 };
+constexpr const char* kTypeList = "f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k";
 
 const TypeName* ParseType(const std::string& s) {
   for (const TypeName& t : kTypes) {
@@ -37,6 +45,20 @@ bool EndsWith(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+bool IsKQuant(TensorType t) {
+  return t == TensorType::kQ4_K || t == TensorType::kQ5_K || t == TensorType::kQ6_K;
+}
+
+// The type that rows of `cols` are written in when `wanted` cannot hold them:
+// K-quants (blocks of 256) fall back to Q8_0 (blocks of 32), the closest in
+// quality of the types that fit; anything else, or rows that are not a
+// multiple of 32 either, to F16.
+TensorType Fallback(TensorType wanted, uint64_t cols) {
+  const uint32_t q8_block = gguf::FindTypeTraits(static_cast<uint32_t>(TensorType::kQ8_0))->block_elements;
+  if (IsKQuant(wanted) && cols % q8_block == 0) return TensorType::kQ8_0;
+  return TensorType::kF16;
+}
+
 int Fail(const std::string& msg) {
   std::fprintf(stderr, "error: %s\n", msg.c_str());
   return 1;
@@ -46,9 +68,9 @@ int Fail(const std::string& msg) {
 
 int RunQuantize(const QuantizeArgs& a) {
   const TypeName* type = ParseType(a.type);
-  if (!type) return Fail(StrCat("unknown type '", a.type, "' (f32, f16, bf16, q8_0, q4_0)"));
+  if (!type) return Fail(StrCat("unknown type '", a.type, "' (", kTypeList, ")"));
   const TypeName* experts_type = a.experts_type.empty() ? type : ParseType(a.experts_type);
-  if (!experts_type) return Fail(StrCat("unknown --experts-type '", a.experts_type, "' (f32, f16, bf16, q8_0, q4_0)"));
+  if (!experts_type) return Fail(StrCat("unknown --experts-type '", a.experts_type, "' (", kTypeList, ")"));
   if (a.input == a.output) return Fail("the output must be a different file from the input");
   // Loading the model validates the input completely before anything is written.
   runtime::LoadOptions load;
@@ -61,10 +83,10 @@ int RunQuantize(const QuantizeArgs& a) {
   for (const auto& [key, value] : in.metadata()) {
     if (key != "general.file_type" && key != "general.alignment") out.SetValue(key, value);
   }
-  out.SetU32("general.file_type", type->file_type);
+  out.SetU32("general.file_type", type->file_type);  // replaced below by the predominant type
   out.SetU32("general.quantization_version", 2);
 
-  std::vector<float> row;
+  std::map<TensorType, uint64_t> matrix_elements;  // per written type, for general.file_type
   size_t index = 0;
   for (const gguf::TensorInfo& t : in.tensors()) {
     ++index;
@@ -78,25 +100,45 @@ int RunQuantize(const QuantizeArgs& a) {
     }
     const gguf::TypeTraits* traits = gguf::FindTypeTraits(static_cast<uint32_t>(target));
     if (t.ne[0] % traits->block_elements != 0) {
-      std::fprintf(stderr, "note: %s has rows of %llu, not a multiple of %u: written as F16\n", t.name.c_str(),
-                   static_cast<unsigned long long>(t.ne[0]), traits->block_elements);
-      target = TensorType::kF16;
+      const TensorType fallback = Fallback(target, t.ne[0]);
+      std::fprintf(stderr, "note: %s has rows of %llu, not a multiple of %u: written as %s\n", t.name.c_str(),
+                   static_cast<unsigned long long>(t.ne[0]), traits->block_elements,
+                   std::string(gguf::TypeName(fallback)).c_str());
+      target = fallback;
       traits = gguf::FindTypeTraits(static_cast<uint32_t>(target));
     }
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
     const int64_t rows = static_cast<int64_t>(t.n_elements / t.ne[0]);
     const uint64_t out_row_bytes = cols / traits->block_elements * traits->block_bytes;
     std::vector<uint8_t> data(out_row_bytes * rows);
-    row.resize(cols);
     const uint64_t in_row_bytes = t.n_bytes / rows;
-    for (int64_t r = 0; r < rows; ++r) {
-      kernels::DequantizeRow(t.type, t.data + r * in_row_bytes, row.data(), cols);
-      kernels::QuantizeRow(target, row.data(), data.data() + r * out_row_bytes, cols);
-    }
+    // Rows are independent; the K-quants' searches make this the slow part.
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows), [&](const tbb::blocked_range<int64_t>& range) {
+      std::vector<float> row(cols);
+      for (int64_t r = range.begin(); r < range.end(); ++r) {
+        kernels::DequantizeRow(t.type, t.data + r * in_row_bytes, row.data(), cols);
+        kernels::QuantizeRow(target, row.data(), data.data() + r * out_row_bytes, cols);
+      }
+    });
+    if (t.n_dims > 1) matrix_elements[target] += t.n_elements;
     std::vector<uint64_t> ne(t.ne.begin(), t.ne.begin() + t.n_dims);
     out.AddTensor(t.name, target, ne, std::move(data));
     std::fprintf(stderr, "[%zu/%zu] %-36s %-5s -> %s\n", index, in.tensors().size(), t.name.c_str(),
                  std::string(gguf::TypeName(t.type)).c_str(), std::string(gguf::TypeName(target)).c_str());
+  }
+  // general.file_type names the type that holds most of the matrices (with
+  // --experts-type, usually the experts' type), as the "mostly" in GGUF
+  // engines' names for it means.
+  TensorType predominant = type->type;
+  uint64_t most = 0;
+  for (const auto& [written, elements] : matrix_elements) {
+    if (elements > most) {
+      most = elements;
+      predominant = written;
+    }
+  }
+  for (const TypeName& tn : kTypes) {
+    if (tn.type == predominant) out.SetU32("general.file_type", tn.file_type);
   }
   if (auto s = out.WriteFile(a.output); !s.ok()) return Fail(std::string(s.message()));
   // The result must load as a model, as any GGUF engine would read it.
