@@ -1,7 +1,9 @@
 // Kernel micro-benchmarks, for every back-end this CPU runs (scalar, avx2,
 // avx512; unavailable ones are not registered):
 //   row/<kernel>/<backend>        one row primitive on rows of 4096 elements
-//                                 (in L1: the kernel's compute speed);
+//                                 (in L1: the kernel's compute speed; dot4_*
+//                                 one weight row against four activation
+//                                 rows);
 //   matmul/<type>/<backend>       W x for one activation row, W 2816 x 1024,
 //                                 single-threaded, rotating through enough
 //                                 copies of W (>= 256 MiB) that every
@@ -97,7 +99,8 @@ std::vector<uint8_t> RandomMatrix(TensorType type, int64_t rows, int64_t cols, u
 // ------------------------------------------------------------ row kernels --
 
 enum class RowKernel {
-  kDotF32, kAxpyF32, kF16, kBf16, kQ8_0, kQ4_0, kQuantizeQ8_0, kDotQ8_0, kDotQ4_0, kGemmQ8_0X16, kGemmQ4_0X16
+  kDotF32, kAxpyF32, kF16, kBf16, kQ8_0, kQ4_0, kQuantizeQ8_0, kDotQ8_0, kDotQ4_0, kGemmQ8_0X16, kGemmQ4_0X16,
+  kQuantizeQ8_K, kDotQ4_K, kDotQ5_K, kDotQ6_K, kDot4Q4_K, kDot4Q5_K, kDot4Q6_K
 };
 
 struct RowKernelInfo {
@@ -110,7 +113,10 @@ constexpr RowKernelInfo kRowKernels[] = {
     {RowKernel::kQ8_0, "q8_0_to_f32"},       {RowKernel::kQ4_0, "q4_0_to_f32"},
     {RowKernel::kQuantizeQ8_0, "quantize_q8_0"}, {RowKernel::kDotQ8_0, "dot_q8_0_q8_0"},
     {RowKernel::kDotQ4_0, "dot_q4_0_q8_0"},     {RowKernel::kGemmQ8_0X16, "gemm_q8_0_x16"},
-    {RowKernel::kGemmQ4_0X16, "gemm_q4_0_x16"},
+    {RowKernel::kGemmQ4_0X16, "gemm_q4_0_x16"},   {RowKernel::kQuantizeQ8_K, "quantize_q8_K"},
+    {RowKernel::kDotQ4_K, "dot_q4_K_q8_K"},       {RowKernel::kDotQ5_K, "dot_q5_K_q8_K"},
+    {RowKernel::kDotQ6_K, "dot_q6_K_q8_K"},       {RowKernel::kDot4Q4_K, "dot4_q4_K_q8_K"},
+    {RowKernel::kDot4Q5_K, "dot4_q5_K_q8_K"},     {RowKernel::kDot4Q6_K, "dot4_q6_K_q8_K"},
 };
 
 void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel, double bandwidth) {
@@ -182,6 +188,48 @@ void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel
         benchmark::ClobberMemory();
       }
       bytes = static_cast<double>(arena.used_bytes() + x8.size());
+      break;
+    }
+    case RowKernel::kQuantizeQ8_K: {
+      std::vector<uint8_t> q8_k(kRow / kernels::kQK_K * sizeof(kernels::BlockQ8_K));
+      for (auto _ : state) {
+        ks->quantize_q8_K(a.data(), q8_k.data(), kRow);
+        benchmark::ClobberMemory();
+      }
+      bytes = kRow * sizeof(float);
+      break;
+    }
+    case RowKernel::kDotQ4_K:
+    case RowKernel::kDotQ5_K:
+    case RowKernel::kDotQ6_K:
+    case RowKernel::kDot4Q4_K:
+    case RowKernel::kDot4Q5_K:
+    case RowKernel::kDot4Q6_K: {
+      // One weight row against one (dot) or four (dot4) Q8_K activation rows.
+      const bool four = kernel == RowKernel::kDot4Q4_K || kernel == RowKernel::kDot4Q5_K || kernel == RowKernel::kDot4Q6_K;
+      const TensorType type = kernel == RowKernel::kDotQ4_K || kernel == RowKernel::kDot4Q4_K   ? TensorType::kQ4_K
+                              : kernel == RowKernel::kDotQ5_K || kernel == RowKernel::kDot4Q5_K ? TensorType::kQ5_K
+                                                                                                : TensorType::kQ6_K;
+      const std::vector<uint8_t> w = RandomMatrix(type, 1, kRow, 5);
+      const std::vector<float> x = RandomFloats(4 * kRow, 6);
+      kernels::Activations act;
+      act.Prepare(type, x.data(), kRow, four ? 4 : 1, kRow, *ks);
+      const auto dot = type == TensorType::kQ4_K ? ks->dot_q4_K_q8_K
+                       : type == TensorType::kQ5_K ? ks->dot_q5_K_q8_K
+                                                   : ks->dot_q6_K_q8_K;
+      const auto dot4 = type == TensorType::kQ4_K ? ks->dot4_q4_K_q8_K
+                        : type == TensorType::kQ5_K ? ks->dot4_q5_K_q8_K
+                                                    : ks->dot4_q6_K_q8_K;
+      float out4[4];
+      for (auto _ : state) {
+        if (four) {
+          dot4(w.data(), act.q8_row(0), act.q8_row_bytes(), kRow, out4);
+          benchmark::DoNotOptimize(out4);
+        } else {
+          benchmark::DoNotOptimize(dot(w.data(), act.q8_row(0), kRow));
+        }
+      }
+      bytes = static_cast<double>(w.size() + act.q8_row_bytes() * (four ? 4 : 1));
       break;
     }
     case RowKernel::kDotQ8_0:
@@ -289,8 +337,9 @@ void BM_ParallelMatMul(benchmark::State& state, TensorType type, Bandwidth bandw
   ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth.at(threads), loop);
 }
 
-constexpr TensorType kMatMulTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0,
-                                       TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ6_K};
+constexpr TensorType kMatMulTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
+                                       TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
+                                       TensorType::kQ5_K, TensorType::kQ6_K};
 
 void RegisterAll(const Bandwidth& bw) {
   std::vector<const KernelSet*> backends = {&kernels::ScalarKernels()};

@@ -2,6 +2,8 @@
 // it is called only after cpuid says the CPU has them.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "kernels/cpu_features.h"
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
@@ -133,11 +135,141 @@ void Q4_0ToF32(const void* src, float* dst, int64_t n) {
 #include "kernels/int_dot_avx2.inc"
 #undef MICROMOE_DPBUSD
 
+// K-quant weights against Q8_K activations. The quants are unsigned (Q4_K
+// 0..15, Q5_K 0..31, Q6_K 0..63 = value + 32), so maddubs multiplies them
+// with the int8 activations directly (pair sums stay within int16) and madd
+// applies each sub-block's int16 scale; the offsets (Q4_K/Q5_K mins, Q6_K's
+// -32) come from the activations' bsums once per super-block. One weight
+// block is unpacked once for kRows activation rows.
+
+template <typename Block, int kRows>
+void DotK4Rows(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
+  constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_K>;
+  const Block* a = static_cast<const Block*>(w);
+  const __m256i low_mask = _mm256_set1_epi8(0x0F);
+  const __m256i fifth_bit = _mm256_set1_epi8(0x10);
+  __m256 acc[kRows], acc_min[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    acc_min[r] = _mm256_setzero_ps();
+  }
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const __m128i scales_mins = ScalesMinsK4(a[i].scales);
+    // 8 int16 scales in each 128-bit lane, picked per sub-block by shuffles.
+    const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scales_mins));
+    // Each min twice, against the two bsums (of 16) of its sub-block.
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scales_mins, scales_mins));
+    __m256i high_bits = _mm256_setzero_si256();
+    if constexpr (kQ5) high_bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qh));
+    __m256i sums[kRows];
+    for (int r = 0; r < kRows; ++r) sums[r] = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {  // 64 elements: sub-blocks 2j (low nibbles) and 2j + 1 (high)
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qs + 32 * j));
+      __m256i lo = _mm256_and_si256(q, low_mask);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask);
+      if constexpr (kQ5) {  // fifth bits 2j and 2j + 1 of qh; high_bits moves down 2 per step
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(high_bits, 4), fifth_bit));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(high_bits, 3), fifth_bit));
+        high_bits = _mm256_srli_epi16(high_bits, 2);
+      }
+      // Bytes 2k, 2k + 1 of each lane: int16 scale k.
+      const __m256i scale_lo = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(static_cast<short>(0x0100 + 0x0404 * j)));
+      const __m256i scale_hi = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(static_cast<short>(0x0302 + 0x0404 * j)));
+      for (int r = 0; r < kRows; ++r) {
+        const int8_t* xq = Q8_KRow(x, x_stride, r)[i].qs + 64 * j;
+        const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+        const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+        const __m256i p_lo = _mm256_madd_epi16(scale_lo, _mm256_maddubs_epi16(lo, x_lo));
+        const __m256i p_hi = _mm256_madd_epi16(scale_hi, _mm256_maddubs_epi16(hi, x_hi));
+        sums[r] = _mm256_add_epi32(sums[r], _mm256_add_epi32(p_lo, p_hi));
+      }
+    }
+    // d and dmin (adjacent fp16) converted together.
+    uint32_t d_dmin;
+    __builtin_memcpy(&d_dmin, &a[i].d, 4);
+    const __m128 dw_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin)));
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ8_K& xb = Q8_KRow(x, x_stride, r)[i];
+      const __m256 scaled = _mm256_castps128_ps256(_mm_mul_ps(dw_dmin, _mm_set1_ps(xb.d)));
+      acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(scaled, _mm256_setzero_si256()), _mm256_cvtepi32_ps(sums[r]),
+                               acc[r]);
+      const __m256i min_terms = _mm256_madd_epi16(mins, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)));
+      acc_min[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(scaled, _mm256_set1_epi32(1)), _mm256_cvtepi32_ps(min_terms),
+                                   acc_min[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) out[r] = HorizontalSum256(_mm256_sub_ps(acc[r], acc_min[r]));
+}
+
+template <int kRows>
+void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
+  const BlockQ6_K* a = static_cast<const BlockQ6_K*>(w);
+  const __m256i low_mask = _mm256_set1_epi8(0x0F);
+  const __m256i high_mask = _mm256_set1_epi8(0x30);
+  __m256 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const __m128i scales8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[i].scales));
+    const __m256i scales16 = _mm256_cvtepi8_epi16(scales8);
+    __m256i sums[kRows];
+    for (int r = 0; r < kRows; ++r) {  // the quants' +32, removed as 32 * sum_k scale_k * bsums_k
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Q8_KRow(x, x_stride, r)[i].bsums));
+      sums[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(scales16, bsums), 5));
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].ql + 64 * h));
+      const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].ql + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qh + 32 * h));
+      // Elements 128h + 32g .. + 31 for g = 0..3 (layout: scalar.cc DotQ6_KQ8_K).
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, low_mask), _mm256_and_si256(_mm256_slli_epi16(qh, 4), high_mask)),
+          _mm256_or_si256(_mm256_and_si256(ql1, low_mask), _mm256_and_si256(_mm256_slli_epi16(qh, 2), high_mask)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low_mask), _mm256_and_si256(qh, high_mask)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low_mask),
+                          _mm256_and_si256(_mm256_srli_epi16(qh, 2), high_mask))};
+      for (int g = 0; g < 4; ++g) {
+        // Scales k and k + 1 (one per 16 elements) for the two 128-bit lanes.
+        const int k = 8 * h + 2 * g;
+        const __m128i pick = _mm_set_epi64x(0x0101010101010101LL * (k + 1), 0x0101010101010101LL * k);
+        const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pick));
+        for (int r = 0; r < kRows; ++r) {
+          const int8_t* xq = Q8_KRow(x, x_stride, r)[i].qs + 128 * h + 32 * g;
+          const __m256i p = _mm256_maddubs_epi16(q[g], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
+          sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(scale, p));
+        }
+      }
+    }
+    const float dw = _cvtsh_ss(a[i].d);
+    for (int r = 0; r < kRows; ++r) {
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * Q8_KRow(x, x_stride, r)[i].d), _mm256_cvtepi32_ps(sums[r]), acc[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) out[r] = HorizontalSum256(acc[r]);
+}
+
+float DotQ4_KQ8_K(const void* w, const void* x, int64_t n) {
+  float out;
+  DotK4Rows<BlockQ4_K, 1>(w, x, 0, n, &out);
+  return out;
+}
+float DotQ5_KQ8_K(const void* w, const void* x, int64_t n) {
+  float out;
+  DotK4Rows<BlockQ5_K, 1>(w, x, 0, n, &out);
+  return out;
+}
+float DotQ6_KQ8_K(const void* w, const void* x, int64_t n) {
+  float out;
+  DotQ6_KRows<1>(w, x, 0, n, &out);
+  return out;
+}
+
 }  // namespace
 
 const KernelSet* Avx2Kernels() {
   static const KernelSet set = {"avx2", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
+                                QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, DotK4Rows<BlockQ4_K, 4>,
+                                DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
                                 nullptr, nullptr};  // no VNNI: weights stay unpacked
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;

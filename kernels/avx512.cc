@@ -3,6 +3,8 @@
 // wider form here reuse nothing from the AVX2 file: each ISA file stands alone.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "kernels/cpu_features.h"
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
@@ -184,6 +186,135 @@ void GemmX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t x
   for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
 }
 
+// K-quant weights against Q8_K activations, 64 elements per vector: the
+// arithmetic of the AVX2 kernels (avx2.cc), with dpwssd applying the int16
+// sub-block scales and accumulating in one step.
+
+template <typename Block, int kRows>
+void DotK4Rows(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
+  constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_K>;
+  const Block* a = static_cast<const Block*>(w);
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  __m512 acc[kRows];
+  __m256 acc_min[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    acc[r] = _mm512_setzero_ps();
+    acc_min[r] = _mm256_setzero_ps();
+  }
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const __m128i scales_mins = ScalesMinsK4(a[i].scales);
+    // 8 int16 scales in each 128-bit lane, picked per sub-block by shuffles.
+    const __m512i scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(scales_mins));
+    // Each min twice, against the two bsums (of 16) of its sub-block.
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(scales_mins, scales_mins));
+    // qh, and qh >> 1 in the upper half: bit 2j of a byte is then the fifth
+    // bit of sub-block 2j (lower half) or 2j + 1 (upper half).
+    __m512i high_bits = _mm512_setzero_si512();
+    if constexpr (kQ5) {
+      high_bits = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qh)));
+      high_bits = _mm512_mask_srli_epi16(high_bits, 0xFFFF0000u, high_bits, 1);
+    }
+    __m512i sums[kRows];
+    for (int r = 0; r < kRows; ++r) sums[r] = _mm512_setzero_si512();
+    for (int j = 0; j < 4; ++j) {  // 64 elements: sub-blocks 2j (low nibbles) and 2j + 1 (high)
+      __m512i quants = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qs + 32 * j)));
+      quants = _mm512_and_si512(_mm512_mask_srli_epi16(quants, 0xFFFF0000u, quants, 4), low_mask);
+      if constexpr (kQ5) {
+        const __mmask64 fifth = _mm512_test_epi8_mask(high_bits, _mm512_set1_epi8(static_cast<char>(1 << (2 * j))));
+        quants = _mm512_mask_add_epi8(quants, fifth, quants, _mm512_set1_epi8(16));
+      }
+      // Bytes 2k, 2k + 1 of each 128-bit lane: int16 scale k (2j below, 2j + 1 above).
+      const __m512i pick = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<short>(0x0100 + 0x0404 * j)),
+                                              _mm256_set1_epi16(static_cast<short>(0x0302 + 0x0404 * j)), 1);
+      const __m512i scale = _mm512_shuffle_epi8(scales, pick);
+      for (int r = 0; r < kRows; ++r) {
+        const int8_t* xq = Q8_KRow(x, x_stride, r)[i].qs + 64 * j;
+        const __m512i p = _mm512_maddubs_epi16(quants, _mm512_loadu_si512(xq));
+        sums[r] = _mm512_dpwssd_epi32(sums[r], p, scale);
+      }
+    }
+    // d and dmin (adjacent fp16) converted together.
+    uint32_t d_dmin;
+    __builtin_memcpy(&d_dmin, &a[i].d, 4);
+    const __m128 dw_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin)));
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ8_K& xb = Q8_KRow(x, x_stride, r)[i];
+      const __m128 scaled = _mm_mul_ps(dw_dmin, _mm_set1_ps(xb.d));
+      acc[r] = _mm512_fmadd_ps(_mm512_broadcastss_ps(scaled), _mm512_cvtepi32_ps(sums[r]), acc[r]);
+      const __m256i min_terms = _mm256_madd_epi16(mins, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)));
+      acc_min[r] = _mm256_fmadd_ps(_mm256_permutexvar_ps(_mm256_set1_epi32(1), _mm256_castps128_ps256(scaled)),
+                                   _mm256_cvtepi32_ps(min_terms), acc_min[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r], _mm512_zextps256_ps512(acc_min[r])));
+  }
+}
+
+template <int kRows>
+void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
+  const BlockQ6_K* a = static_cast<const BlockQ6_K*>(w);
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  const __m512i high_mask = _mm512_set1_epi8(0x30);
+  // Lane i of a 64-element vector belongs to 16-element sub-block i / 8.
+  const __m512i sub_block_of_lane = _mm512_set_epi64(0x0003000300030003LL, 0x0003000300030003LL, 0x0002000200020002LL,
+                                                     0x0002000200020002LL, 0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
+  __m512 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a[i].scales)));
+    const __m512i scales = _mm512_castsi256_si512(scales16);  // permutes below read lanes 0..15 only
+    __m512i sums[kRows];
+    for (int r = 0; r < kRows; ++r) {  // the quants' +32, removed as 32 * sum_k scale_k * bsums_k
+      const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Q8_KRow(x, x_stride, r)[i].bsums));
+      const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, bsums), 5);
+      sums[r] = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offset));
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(a[i].ql + 64 * h);
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qh + 32 * h));
+      // qh, and qh >> 2 in the upper half: the high 2 bits of elements
+      // 128h + 0..63 at bits 0..1, those of 128h + 64..127 at bits 4..5.
+      const __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+      const __m512i first =
+          _mm512_or_si512(_mm512_and_si512(ql, low_mask), _mm512_and_si512(_mm512_slli_epi16(qh2, 4), high_mask));
+      const __m512i second =
+          _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low_mask), _mm512_and_si512(qh2, high_mask));
+      // Sub-blocks 8h .. 8h + 3 for the first 64 elements, 8h + 4 .. 8h + 7 for the second.
+      const __m512i first_sub_blocks = _mm512_add_epi16(sub_block_of_lane, _mm512_set1_epi16(static_cast<short>(8 * h)));
+      const __m512i second_sub_blocks = _mm512_add_epi16(first_sub_blocks, _mm512_set1_epi16(4));
+      const __m512i scale_first = _mm512_permutexvar_epi16(first_sub_blocks, scales);
+      const __m512i scale_second = _mm512_permutexvar_epi16(second_sub_blocks, scales);
+      for (int r = 0; r < kRows; ++r) {
+        const int8_t* xq = Q8_KRow(x, x_stride, r)[i].qs + 128 * h;
+        sums[r] = _mm512_dpwssd_epi32(sums[r], _mm512_maddubs_epi16(first, _mm512_loadu_si512(xq)), scale_first);
+        sums[r] = _mm512_dpwssd_epi32(sums[r], _mm512_maddubs_epi16(second, _mm512_loadu_si512(xq + 64)), scale_second);
+      }
+    }
+    const float dw = _cvtsh_ss(a[i].d);
+    for (int r = 0; r < kRows; ++r) {
+      acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dw * Q8_KRow(x, x_stride, r)[i].d), _mm512_cvtepi32_ps(sums[r]), acc[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+float DotQ4_KQ8_K(const void* w, const void* x, int64_t n) {
+  float out;
+  DotK4Rows<BlockQ4_K, 1>(w, x, 0, n, &out);
+  return out;
+}
+float DotQ5_KQ8_K(const void* w, const void* x, int64_t n) {
+  float out;
+  DotK4Rows<BlockQ5_K, 1>(w, x, 0, n, &out);
+  return out;
+}
+float DotQ6_KQ8_K(const void* w, const void* x, int64_t n) {
+  float out;
+  DotQ6_KRows<1>(w, x, 0, n, &out);
+  return out;
+}
+
 template <bool kQ4>
 void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
              uint64_t terms_stride, int n_x, float* out) {
@@ -200,7 +331,8 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
 const KernelSet* Avx512Kernels() {
   static const KernelSet set = {"avx512", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
-                                GemmX16<false>, GemmX16<true>};
+                                QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, DotK4Rows<BlockQ4_K, 4>,
+                                DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c) ? &set : nullptr;
 }

@@ -29,6 +29,20 @@ struct KernelSet {
   // bytes), so each weight block is loaded and unpacked once: out[0..3].
   void (*dot4_q8_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
   void (*dot4_q4_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
+  // Activations to Q8_K blocks (n a multiple of 256) for the K-quant dot
+  // products: per 256, with max the value of largest magnitude (the first on
+  // ties) and iscale = -127 / max in float, q = min(127, nearest-even(iscale *
+  // x)), d = 1 / iscale, and the sums of each 16 codes; all zero for a block
+  // of zeros. llama.cpp's quantize_row_q8_K rounds the same.
+  void (*quantize_q8_K)(const float* src, void* dst, int64_t n);
+  // Dot product of a K-quant weight row with a Q8_K activation row, n
+  // elements (a multiple of 256), and the four-row forms as above.
+  float (*dot_q4_K_q8_K)(const void* w, const void* x, int64_t n);
+  float (*dot_q5_K_q8_K)(const void* w, const void* x, int64_t n);
+  float (*dot_q6_K_q8_K)(const void* w, const void* x, int64_t n);
+  void (*dot4_q4_K_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
+  void (*dot4_q5_K_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
+  void (*dot4_q6_K_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
   // One packed group of 16 weight rows with nb blocks (layout in packed.h)
   // against n_x (1..4) Q8_0 activation rows, row r at xq + r * xq_stride
   // bytes: out[r * 16 + i] = dot(weight row i, activation row r). `terms`

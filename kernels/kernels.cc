@@ -91,30 +91,8 @@ void Q6_KToF32(const void* src, float* y, int64_t n) {
   }
 }
 
-// Round-to-nearest-even, as the reference Q8_K quantizer does.
-int NearestInt(float f) { return static_cast<int>(std::nearbyint(f)); }
-
-// Quantizes each 256-block to Q8_K (scale from the largest-magnitude value,
-// codes clamped to [-128, 127]) and writes the dequantized values.
-void RoundThroughQ8_K(const float* x, float* y, int64_t n) {
-  for (int64_t b = 0; b < n / kQK_K; ++b) {
-    const float* xb = x + b * kQK_K;
-    float* yb = y + b * kQK_K;
-    float amax = 0, max = 0;
-    for (int j = 0; j < kQK_K; ++j) {
-      if (std::fabs(xb[j]) > amax) {
-        amax = std::fabs(xb[j]);
-        max = xb[j];
-      }
-    }
-    if (amax == 0) {
-      std::fill_n(yb, kQK_K, 0.0f);
-      continue;
-    }
-    const float iscale = -127.0f / max;
-    const float d = 1 / iscale;
-    for (int j = 0; j < kQK_K; ++j) yb[j] = d * std::min(127, NearestInt(iscale * xb[j]));
-  }
+bool IsKQuant(TensorType type) {
+  return type == TensorType::kQ4_K || type == TensorType::kQ5_K || type == TensorType::kQ6_K;
 }
 
 const KernelSet& Choose() {
@@ -166,13 +144,11 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
   ldx_ = ldx;
   n_x_ = n_x;
   quantized_ = false;
-  if (weight_type == TensorType::kQ4_K || weight_type == TensorType::kQ5_K || weight_type == TensorType::kQ6_K) {
-    // K-quant products read activations rounded to Q8_K (8 bits per 256-block), as
-    // other engines' integer K-quant kernels do; kept as F32 values here.
-    rounded_.Resize(static_cast<size_t>(n_x) * cols);
-    for (int64_t r = 0; r < n_x; ++r) RoundThroughQ8_K(x + r * ldx, rounded_.data() + r * cols, cols);
-    x_ = rounded_.data();
-    ldx_ = cols;
+  if (IsKQuant(weight_type)) {
+    q8_row_bytes_ = static_cast<uint64_t>(cols / kQK_K) * sizeof(BlockQ8_K);
+    q8_.Resize(q8_row_bytes_ * n_x);
+    quantized_ = true;
+    for (int64_t r = 0; r < n_x; ++r) ks.quantize_q8_K(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
     return;
   }
   if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0) return;
@@ -220,6 +196,25 @@ void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64
   }
 }
 
+using RowDot = float (*)(const void* w, const void* x, int64_t n);
+using RowDot4 = void (*)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
+
+// Rows [o_begin, o_end) with integer dot products on the quantized
+// activations, four activation rows per call where there are four, so each
+// weight row (in L1 meanwhile) is unpacked once per four.
+void MatMulQuantizedRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
+                         int64_t o_end, RowDot dot, RowDot4 dot4) {
+  const int64_t n_x = x.n_rows();
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    int64_t r = 0;
+    for (float out[4]; r + 4 <= n_x; r += 4) {
+      dot4(w.row(o), x.q8_row(r), x.q8_row_bytes(), w.cols, out);
+      for (int i = 0; i < 4; ++i) y[(r + i) * ldy + o] = out[i];
+    }
+    for (; r < n_x; ++r) y[r * ldy + o] = dot(w.row(o), x.q8_row(r), w.cols);
+  }
+}
+
 }  // namespace
 
 void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
@@ -232,18 +227,14 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
     o_begin = packed_end;
   }
   if (x.quantized()) {
-    const bool q8 = w.type == TensorType::kQ8_0;
-    const auto dot = q8 ? ks.dot_q8_0_q8_0 : ks.dot_q4_0_q8_0;
-    const auto dot4 = q8 ? ks.dot4_q8_0_q8_0 : ks.dot4_q4_0_q8_0;
-    for (int64_t o = o_begin; o < o_end; ++o) {
-      int64_t r = 0;
-      for (float out[4]; r + 4 <= n_x; r += 4) {  // activation rows four at a time
-        dot4(w.row(o), x.q8_row(r), x.q8_row_bytes(), w.cols, out);
-        for (int i = 0; i < 4; ++i) y[(r + i) * ldy + o] = out[i];
-      }
-      for (; r < n_x; ++r) y[r * ldy + o] = dot(w.row(o), x.q8_row(r), w.cols);
+    switch (w.type) {
+      case TensorType::kQ8_0: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q8_0_q8_0, ks.dot4_q8_0_q8_0);
+      case TensorType::kQ4_0: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q4_0_q8_0, ks.dot4_q4_0_q8_0);
+      case TensorType::kQ4_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q4_K_q8_K, ks.dot4_q4_K_q8_K);
+      case TensorType::kQ5_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q5_K_q8_K, ks.dot4_q5_K_q8_K);
+      case TensorType::kQ6_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q6_K_q8_K, ks.dot4_q6_K_q8_K);
+      default: return;  // Prepare quantizes for these types only
     }
-    return;
   }
   if (w.type == TensorType::kF32) {
     for (int64_t o = o_begin; o < o_end; ++o) {
@@ -262,7 +253,8 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
     }
     return;
   }
-  // Convert each weight row once, then use it for every activation row.
+  // Convert each weight row once, then use it for every activation row (F16 /
+  // BF16 for three or more activation rows).
   thread_local std::vector<float> row;
   if (static_cast<int64_t>(row.size()) < w.cols) row.resize(w.cols);
   for (int64_t o = o_begin; o < o_end; ++o) {

@@ -40,8 +40,9 @@ void DequantizeRow(gguf::TensorType type, const void* src, float* dst, int64_t n
                    const KernelSet& ks = Active());
 
 // Activation rows in the form a weight type's dot product reads: F32 rows as
-// given, or (for Q8_0 / Q4_0 weights) rows quantized once to Q8_0 blocks, so
-// integer dot products run on both sides. Prepare once per matrix product.
+// given, or rows quantized once so integer dot products run on both sides:
+// to Q8_0 blocks for Q8_0 / Q4_0 weights, to Q8_K blocks for Q4_K / Q5_K /
+// Q6_K weights. Prepare once per matrix product.
 class Activations {
  public:
   // x: n_x rows of `cols` floats with row stride ldx; must outlive this object.
@@ -52,7 +53,7 @@ class Activations {
   const float* f32_row(int64_t r) const { return x_ + r * ldx_; }
   const void* q8_row(int64_t r) const { return q8_.data() + r * q8_row_bytes_; }
   uint64_t q8_row_bytes() const { return q8_row_bytes_; }
-  // Per block of each quantized row, {d, C * sum of codes} for the packed kernels.
+  // Per block of each Q8_0 row, {d, C * sum of codes} for the packed kernels.
   const float* terms_row(int64_t r) const { return terms_.data() + r * terms_stride_; }
   uint64_t terms_stride() const { return terms_stride_; }
 
@@ -64,7 +65,6 @@ class Activations {
   bool quantized_ = false;
   Scratch<uint8_t> q8_;
   Scratch<float> terms_;
-  Scratch<float> rounded_;
 };
 
 // For o in [o_begin, o_end) and r in [0, x.n_rows()): y[r * ldy + o] = dot(W row o, x row r).

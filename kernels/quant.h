@@ -47,6 +47,17 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ6_K) == 210);
 
+// Activations for the K-quant dot products (not a weight type here): codes
+// q with value d * q, and the sum of each 16 consecutive codes, so the
+// products can apply per-sub-block offsets (Q4_K/Q5_K mins, Q6_K's -32)
+// without touching the codes again.
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kQK_K];
+  int16_t bsums[kQK_K / 16];
+};
+static_assert(sizeof(BlockQ8_K) == 292);
+
 static inline float Fp16ToFp32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1F;

@@ -1,6 +1,7 @@
 // Scalar reference kernels: the definition every vector back-end is tested against.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
@@ -109,6 +110,119 @@ void Dot4Q4_0Q8_0(const void* w, const void* x, uint64_t x_stride, int64_t n, fl
   for (int i = 0; i < 4; ++i) out[i] = DotQ4_0Q8_0(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
 }
 
+void QuantizeQ8_K(const float* src, void* dst, int64_t n) {
+  BlockQ8_K* b = static_cast<BlockQ8_K*>(dst);
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const float* x = src + i * kQK_K;
+    float amax = 0, max = 0;  // max keeps the sign of the first largest magnitude
+    for (int j = 0; j < kQK_K; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    if (amax == 0) {
+      b[i] = BlockQ8_K{};
+      continue;
+    }
+    const float iscale = -127.0f / max;
+    b[i].d = 1 / iscale;
+    for (int j = 0; j < kQK_K; ++j) {
+      b[i].qs[j] = static_cast<int8_t>(std::min(127, static_cast<int>(std::nearbyint(iscale * x[j]))));
+    }
+    for (int k = 0; k < kQK_K / 16; ++k) {
+      int sum = 0;
+      for (int j = 0; j < 16; ++j) sum += b[i].qs[16 * k + j];
+      b[i].bsums[k] = static_cast<int16_t>(sum);
+    }
+  }
+}
+
+// Q4_K / Q5_K: 8 sub-blocks of 32, value d * scale_j * q - dmin * min_j.
+// Scale and min of sub-block j are 6 bits each in the 12 scale bytes: for
+// j < 4 the low 6 bits of bytes j and j + 4; for j >= 4 the low and high
+// nibble of byte j + 4, topped with the spare top 2 bits of bytes j - 4 and j.
+void ScaleMinK4(const uint8_t* s, int j, int* scale, int* min) {
+  if (j < 4) {
+    *scale = s[j] & 63;
+    *min = s[j + 4] & 63;
+  } else {
+    *scale = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+    *min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// Integer sums per sub-block; the scales apply to the sub-block sums and the
+// mins to the activation sums, then one float step per super-block. Sub-block
+// j's quants: the low 4 bits of element l (0..31) are in qs[32 (j / 2) + l],
+// low nibble for even j, high nibble for odd j; Q5_K's fifth bit is bit j of
+// qh[l].
+template <typename Block>
+float DotK4Q8_K(const void* w, const void* x, int64_t n) {
+  const Block* a = static_cast<const Block*>(w);
+  const BlockQ8_K* b = static_cast<const BlockQ8_K*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    int32_t scaled = 0, mins = 0;
+    for (int j = 0; j < 8; ++j) {
+      int scale, min;
+      ScaleMinK4(a[i].scales, j, &scale, &min);
+      const uint8_t* qs = a[i].qs + 32 * (j / 2);
+      const int8_t* xq = b[i].qs + 32 * j;
+      int32_t qx = 0, xs = 0;
+      for (int l = 0; l < 32; ++l) {
+        int q = (qs[l] >> (4 * (j % 2))) & 0x0F;
+        if constexpr (std::is_same_v<Block, BlockQ5_K>) q |= ((a[i].qh[l] >> j) & 1) << 4;
+        qx += q * xq[l];
+        xs += xq[l];
+      }
+      scaled += scale * qx;
+      mins += min * xs;
+    }
+    sum += b[i].d * (Fp16ToFp32(a[i].d) * static_cast<float>(scaled) - Fp16ToFp32(a[i].dmin) * static_cast<float>(mins));
+  }
+  return sum;
+}
+
+float DotQ4_KQ8_K(const void* w, const void* x, int64_t n) { return DotK4Q8_K<BlockQ4_K>(w, x, n); }
+float DotQ5_KQ8_K(const void* w, const void* x, int64_t n) { return DotK4Q8_K<BlockQ5_K>(w, x, n); }
+
+// Q6_K: 16 sub-blocks of 16, value d * scales[e / 16] * (q - 32). Element e =
+// 128h + 32g + l (half h, quarter g = 0..3, l = 0..31) has its low 4 bits in
+// ql[64h + 32 (g odd) + l], low nibble for g < 2, high for g >= 2, and its
+// high 2 bits at bits 2g, 2g + 1 of qh[32h + l].
+float DotQ6_KQ8_K(const void* w, const void* x, int64_t n) {
+  const BlockQ6_K* a = static_cast<const BlockQ6_K*>(w);
+  const BlockQ8_K* b = static_cast<const BlockQ8_K*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    int32_t scaled = 0;
+    for (int h = 0; h < 2; ++h) {
+      for (int g = 0; g < 4; ++g) {
+        const uint8_t* ql = a[i].ql + 64 * h + 32 * (g % 2);
+        const uint8_t* qh = a[i].qh + 32 * h;
+        const int8_t* xq = b[i].qs + 128 * h + 32 * g;
+        for (int half = 0; half < 2; ++half) {  // sub-block 8h + 2g + half: l in [16 half, 16 half + 16)
+          int32_t qx = 0;
+          for (int l = 16 * half; l < 16 * half + 16; ++l) {
+            const int low = (ql[l] >> (4 * (g / 2))) & 0x0F;
+            const int high = (qh[l] >> (2 * g)) & 3;
+            qx += ((low | (high << 4)) - 32) * xq[l];
+          }
+          scaled += a[i].scales[8 * h + 2 * g + half] * qx;
+        }
+      }
+    }
+    sum += b[i].d * Fp16ToFp32(a[i].d) * static_cast<float>(scaled);
+  }
+  return sum;
+}
+
+template <float (*kDot)(const void*, const void*, int64_t)>
+void Dot4(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
+  for (int i = 0; i < 4; ++i) out[i] = kDot(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
+}
+
 // The packed layout read element by element (packed.h), with the same
 // per-block arithmetic as the unpacked dot products above.
 template <bool kQ4>
@@ -142,7 +256,8 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
 const KernelSet& ScalarKernels() {
   static const KernelSet set = {"scalar", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
-                                GemmX16<false>, GemmX16<true>};
+                                QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, Dot4<DotQ4_KQ8_K>,
+                                Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>};
   return set;
 }
 

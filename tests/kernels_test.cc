@@ -753,6 +753,226 @@ TEST(KQuantTest, Q6_KDequantizesFromTheLayout) {
 }
 
 // ---------------------------------------------------------------------------
+// Q8_K activations and the K-quant dot products.
+
+// Q8_K by its definition (kernel_set.h): per 256, max is the first value of
+// largest magnitude, iscale = -127 / max, q = min(127, nearest-even(iscale *
+// x)) in float, d = 1 / iscale, bsums the sums of each 16 codes.
+std::vector<BlockQ8_K> RefQuantizeQ8_K(const float* x, int64_t n) {
+  std::vector<BlockQ8_K> out(n / 256);
+  for (int64_t b = 0; b < n / 256; ++b) {
+    const float* xb = x + b * 256;
+    float max = 0;
+    for (int j = 0; j < 256; ++j) {
+      if (std::fabs(xb[j]) > std::fabs(max)) max = xb[j];
+    }
+    BlockQ8_K& q = out[b];
+    if (max == 0) {
+      q.d = 0;
+      std::memset(q.qs, 0, sizeof(q.qs));
+    } else {
+      const float iscale = -127.0f / max;
+      q.d = 1 / iscale;
+      for (int j = 0; j < 256; ++j) {
+        q.qs[j] = static_cast<int8_t>(std::min(127.0f, std::nearbyint(iscale * xb[j])));
+      }
+    }
+    for (int k = 0; k < 16; ++k) {
+      int sum = 0;
+      for (int j = 0; j < 16; ++j) sum += q.qs[16 * k + j];
+      q.bsums[k] = static_cast<int16_t>(sum);
+    }
+  }
+  return out;
+}
+
+void ExpectSameQ8_K(const BlockQ8_K& got, const BlockQ8_K& want, const std::string& where) {
+  EXPECT_EQ(Bits(got.d), Bits(want.d)) << where << ": d " << got.d << " vs " << want.d;
+  for (int j = 0; j < 256; ++j) ASSERT_EQ(got.qs[j], want.qs[j]) << where << " j=" << j;
+  for (int k = 0; k < 16; ++k) ASSERT_EQ(got.bsums[k], want.bsums[k]) << where << " k=" << k;
+}
+
+TEST_P(KernelSetTest, QuantizeQ8_KOnAHandComputedBlock) {
+  // x_j = j % 37 - 18 in [-18, 18], with -40 at j = 5 and +40 at j = 200: the
+  // first largest magnitude is negative, so iscale = 127 / 40 > 0 and
+  // q_j = round(x_j * 127 / 40): -127 at j = 5, +127 at j = 200.
+  std::vector<float> x(256);
+  for (int j = 0; j < 256; ++j) x[j] = static_cast<float>(j % 37 - 18);
+  x[5] = -40.0f;
+  x[200] = 40.0f;
+  BlockQ8_K b[2];
+  std::memset(b, 0x5A, sizeof(b));
+  ks_->quantize_q8_K(x.data(), b, 256);
+  EXPECT_NEAR(b[0].d, 40.0 / 127, 40.0 / 127 * 1e-6);
+  for (int j = 0; j < 256; ++j) {
+    const double exact = x[j] * 127.0 / 40;
+    ASSERT_LE(std::fabs(b[0].qs[j] - exact), 0.5 + 1e-4) << j;  // ties: either neighbour
+  }
+  EXPECT_EQ(b[0].qs[5], -127);
+  EXPECT_EQ(b[0].qs[200], 127);
+  EXPECT_EQ(b[0].qs[18], 0);  // x = 0
+  for (int k = 0; k < 16; ++k) {
+    int sum = 0;
+    for (int j = 0; j < 16; ++j) sum += b[0].qs[16 * k + j];
+    EXPECT_EQ(b[0].bsums[k], sum) << k;
+  }
+  const uint8_t* next = reinterpret_cast<const uint8_t*>(&b[1]);
+  for (size_t i = 0; i < sizeof(BlockQ8_K); ++i) ASSERT_EQ(next[i], 0x5A) << "wrote past the block";
+}
+
+TEST_P(KernelSetTest, QuantizeQ8_KFollowsTheDefinitionExactly) {
+  // Random rows of 1, 3 and 5 blocks; an all-zero block; a block whose
+  // largest magnitude appears with both signs (the first decides the sign of
+  // d); a block whose largest magnitude is its last value.
+  for (int64_t blocks : {1, 3, 5}) {
+    const int64_t n = blocks * 256;
+    std::vector<float> x = RandomFloats(rng_, n, -3.0f, 3.0f);
+    if (blocks >= 3) {
+      std::fill(x.begin() + 256, x.begin() + 512, 0.0f);
+      x[512 + 7] = 4.0f;
+      x[512 + 9] = -4.0f;
+    }
+    if (blocks == 5) x[1024 + 255] = -5.0f;  // the largest magnitude last
+    std::vector<BlockQ8_K> got(blocks);
+    ks_->quantize_q8_K(x.data(), got.data(), n);
+    const std::vector<BlockQ8_K> want = RefQuantizeQ8_K(x.data(), n);
+    for (int64_t b = 0; b < blocks; ++b) {
+      ExpectSameQ8_K(got[b], want[b], "blocks=" + std::to_string(blocks) + " b=" + std::to_string(b));
+    }
+    if (blocks >= 3) {
+      EXPECT_EQ(got[1].d, 0.0f);
+      EXPECT_LT(got[2].d, 0.0f) << "first largest is +4, so d = -4 / 127";
+      EXPECT_EQ(got[2].qs[7], -127);
+      EXPECT_EQ(got[2].qs[9], 127);
+    }
+  }
+}
+
+// A normal fp16 of either sign between 2^-10 and 2^2.
+uint16_t RandomNormalHalf(std::mt19937& rng) {
+  const int exponent = std::uniform_int_distribution<int>(5, 17)(rng);
+  const int mantissa = std::uniform_int_distribution<int>(0, 1023)(rng);
+  const int sign = std::uniform_int_distribution<int>(0, 1)(rng);
+  return static_cast<uint16_t>((sign << 15) | (exponent << 10) | mantissa);
+}
+
+// `rows` rows of `blocks` K-quant super-blocks: random bytes, with the fp16
+// scales made normal numbers.
+std::vector<uint8_t> RandomKQuantRows(std::mt19937& rng, TensorType type, int64_t rows, int64_t blocks) {
+  const uint64_t block_bytes = RowBytes(type, 256);
+  std::vector<uint8_t> bytes(block_bytes * blocks * rows);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (uint8_t& v : bytes) v = static_cast<uint8_t>(byte(rng));
+  for (uint64_t i = 0; i < bytes.size() / block_bytes; ++i) {
+    uint8_t* blk = bytes.data() + i * block_bytes;
+    if (type == TensorType::kQ6_K) {
+      reinterpret_cast<BlockQ6_K*>(blk)->d = RandomNormalHalf(rng);
+    } else {
+      // d and dmin lead both Q4_K and Q5_K blocks.
+      const uint16_t d = RandomNormalHalf(rng), dmin = RandomNormalHalf(rng);
+      std::memcpy(blk, &d, 2);
+      std::memcpy(blk + 2, &dmin, 2);
+    }
+  }
+  return bytes;
+}
+
+// Q8_K activation blocks with random codes in [-127, 127] (the quantizer's
+// range), a random float scale and matching bsums.
+std::vector<BlockQ8_K> RandomQ8_KBlocks(std::mt19937& rng, int64_t blocks) {
+  std::uniform_int_distribution<int> code(-127, 127);
+  std::uniform_real_distribution<float> scale(-0.05f, 0.05f);
+  std::vector<BlockQ8_K> out(blocks);
+  for (BlockQ8_K& b : out) {
+    b.d = scale(rng);
+    for (int8_t& q : b.qs) q = static_cast<int8_t>(code(rng));
+    for (int k = 0; k < 16; ++k) {
+      int sum = 0;
+      for (int j = 0; j < 16; ++j) sum += b.qs[16 * k + j];
+      b.bsums[k] = static_cast<int16_t>(sum);
+    }
+  }
+  return out;
+}
+
+struct KQuantDot {
+  TensorType type;
+  float (*KernelSet::*dot)(const void*, const void*, int64_t);
+  void (*KernelSet::*dot4)(const void*, const void*, uint64_t, int64_t, float*);
+};
+constexpr KQuantDot kKQuantDots[] = {
+    {TensorType::kQ4_K, &KernelSet::dot_q4_K_q8_K, &KernelSet::dot4_q4_K_q8_K},
+    {TensorType::kQ5_K, &KernelSet::dot_q5_K_q8_K, &KernelSet::dot4_q5_K_q8_K},
+    {TensorType::kQ6_K, &KernelSet::dot_q6_K_q8_K, &KernelSet::dot4_q6_K_q8_K},
+};
+
+// sum_i w_i * d * q_i in double, with w from DequantizeRow (the tested
+// definition of the weights), and sum_i |w_i * d * q_i| as the scale of the
+// float rounding.
+void DequantizedDot(TensorType type, const uint8_t* w, const BlockQ8_K* x, int64_t n, double* dot, double* mag) {
+  std::vector<float> wd(n);
+  DequantizeRow(type, w, wd.data(), n, ScalarKernels());
+  *dot = *mag = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double t = static_cast<double>(wd[i]) * x[i / 256].d * x[i / 256].qs[i % 256];
+    *dot += t;
+    *mag += std::fabs(t);
+  }
+}
+
+TEST_P(KernelSetTest, KQuantDotsMatchTheScalarReferenceAndTheDequantizedWeights) {
+  constexpr int kRows = 3;
+  for (const KQuantDot& k : kKQuantDots) {
+    for (int64_t blocks : {1, 2, 3, 5, 7}) {
+      std::vector<uint8_t> w = RandomKQuantRows(rng_, k.type, kRows, blocks);
+      std::vector<BlockQ8_K> x = RandomQ8_KBlocks(rng_, blocks);
+      if (blocks == 2) {
+        // Extremes in block 0: every quant, scale and min at its largest,
+        // against activations all 127 (the int16 pair sums at their limit).
+        if (k.type == TensorType::kQ6_K) {  // d sits at the end
+          auto* b = reinterpret_cast<BlockQ6_K*>(w.data());
+          std::memset(b->ql, 0xFF, sizeof(b->ql));
+          std::memset(b->qh, 0xFF, sizeof(b->qh));
+          std::fill(std::begin(b->scales), std::end(b->scales), int8_t{-128});
+        } else {  // d and dmin lead
+          std::memset(w.data() + 4, 0xFF, RowBytes(k.type, 256) - 4);
+        }
+        std::fill(std::begin(x[0].qs), std::end(x[0].qs), int8_t{127});
+        std::fill(std::begin(x[0].bsums), std::end(x[0].bsums), int16_t{16 * 127});
+      }
+      const uint64_t row_bytes = RowBytes(k.type, blocks * 256);
+      for (int row = 0; row < kRows; ++row) {
+        const uint8_t* wr = w.data() + row * row_bytes;
+        double ref, mag;
+        DequantizedDot(k.type, wr, x.data(), blocks * 256, &ref, &mag);
+        const float got = (ks_->*k.dot)(wr, x.data(), blocks * 256);
+        const float scalar = (ScalarKernels().*k.dot)(wr, x.data(), blocks * 256);
+        const std::string where = std::string(gguf::TypeName(k.type)) + " blocks=" + std::to_string(blocks) +
+                                  " row=" + std::to_string(row);
+        EXPECT_NEAR(got, ref, 1e-5 * mag) << where;
+        EXPECT_NEAR(got, scalar, 1e-5 * mag) << where;
+      }
+    }
+  }
+}
+
+TEST_P(KernelSetTest, FourRowKQuantDotsEqualFourSingleDots) {
+  for (const KQuantDot& k : kKQuantDots) {
+    for (int64_t blocks : {1, 3, 6}) {
+      const std::vector<uint8_t> w = RandomKQuantRows(rng_, k.type, 1, blocks);
+      const std::vector<BlockQ8_K> x = RandomQ8_KBlocks(rng_, 4 * blocks);  // four rows of `blocks`
+      float out[4];
+      (ks_->*k.dot4)(w.data(), x.data(), blocks * sizeof(BlockQ8_K), blocks * 256, out);
+      for (int r = 0; r < 4; ++r) {
+        const float want = (ks_->*k.dot)(w.data(), x.data() + r * blocks, blocks * 256);
+        EXPECT_NEAR(out[r], want, 1e-5f * (std::fabs(want) + 1))
+            << gguf::TypeName(k.type) << " row " << r << " blocks " << blocks;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Matrix products.
 
 struct MatMulCase {
@@ -801,21 +1021,28 @@ TEST_P(KernelSetTest, MatMulMatchesDoubleReferenceOnDequantizedWeights) {
   }
 }
 
+bool IsKQuant(TensorType type) {
+  return type == TensorType::kQ4_K || type == TensorType::kQ5_K || type == TensorType::kQ6_K;
+}
+
 TEST_P(KernelSetTest, MatMulRowsFillsOnlyItsRangeAndAgreesWithMatMul) {
-  constexpr int64_t kRows = 37, kCols = 96, kNx = 5;
-  const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
-  const std::vector<float> x = RandomFloats(rng_, kNx * kCols);
+  constexpr int64_t kRows = 37, kNx = 5;
   for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0,
-                          TensorType::kQ4_0}) {
-    const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
-    MatrixView view{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
+                          TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+    const int64_t cols = IsKQuant(type) ? 3 * 256 : 96;
+    const std::vector<float> x = RandomFloats(rng_, kNx * cols);
+    // K-quants as random blocks: every bit pattern, not just what the encoder writes.
+    const std::vector<uint8_t> bytes =
+        IsKQuant(type) ? RandomKQuantRows(rng_, type, kRows, cols / 256)
+                       : QuantizeTensor(type, RandomFloats(rng_, kRows * cols).data(), kRows, cols);
+    MatrixView view{type, bytes.data(), kRows, cols, RowBytes(type, cols)};
     std::vector<float> whole(kNx * kRows);
-    MatMul(view, x.data(), kCols, kNx, whole.data(), kRows, *ks_);
+    MatMul(view, x.data(), cols, kNx, whole.data(), kRows, *ks_);
 
     Activations act;
-    act.Prepare(type, x.data(), kCols, kNx, kCols, *ks_);
+    act.Prepare(type, x.data(), cols, kNx, cols, *ks_);
     EXPECT_EQ(act.n_rows(), kNx);
-    EXPECT_EQ(act.quantized(), type == TensorType::kQ8_0 || type == TensorType::kQ4_0);
+    EXPECT_EQ(act.quantized(), type == TensorType::kQ8_0 || type == TensorType::kQ4_0 || IsKQuant(type));
     std::vector<float> parts(kNx * kRows, kNaN);
     MatMulRows(view, act, parts.data(), kRows, 10, 23, *ks_);
     for (int64_t r = 0; r < kNx; ++r) {
@@ -833,28 +1060,55 @@ TEST_P(KernelSetTest, MatMulRowsFillsOnlyItsRangeAndAgreesWithMatMul) {
   }
 }
 
-TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
-  // One Q6_K row of 256: the product is the dot with DequantizeRow's output, up
-  // to the activations' rounding to 8 bits per 256 (Q8_K) that K-quant products
-  // may apply, as for Q8_0 / Q4_0.
-  BlockQ6_K b;
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (uint8_t& v : b.ql) v = static_cast<uint8_t>(byte(rng_));
-  for (uint8_t& v : b.qh) v = static_cast<uint8_t>(byte(rng_));
-  for (int8_t& v : b.scales) v = static_cast<int8_t>(byte(rng_) - 128);
-  b.d = 0x1C00;  // 2^-8
-  std::vector<float> wd(256);
-  DequantizeRow(TensorType::kQ6_K, &b, wd.data(), 256, *ks_);
-  const std::vector<float> x = RandomFloats(rng_, 256);
-  MatrixView view{TensorType::kQ6_K, reinterpret_cast<const uint8_t*>(&b), 1, 256, sizeof(b)};
-  float y = kNaN;
-  MatMul(view, x.data(), 256, 1, &y, 1, *ks_);
-  double ref = 0, mag = 0;
-  for (int i = 0; i < 256; ++i) {
-    ref += static_cast<double>(wd[i]) * x[i];
-    mag += std::fabs(static_cast<double>(wd[i]) * x[i]);
+TEST_P(KernelSetTest, ActivationsForKQuantsAreTheirQ8_KBlocks) {
+  constexpr int64_t kCols = 2 * 256, kLdx = kCols + 8, kNx = 3;
+  const std::vector<float> x = RandomFloats(rng_, kNx * kLdx);
+  for (TensorType type : {TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+    Activations act;
+    act.Prepare(type, x.data(), kLdx, kNx, kCols, *ks_);
+    ASSERT_TRUE(act.quantized());
+    EXPECT_EQ(act.q8_row_bytes(), 2 * sizeof(BlockQ8_K));
+    for (int64_t r = 0; r < kNx; ++r) {
+      const std::vector<BlockQ8_K> want = RefQuantizeQ8_K(x.data() + r * kLdx, kCols);
+      const BlockQ8_K* got = static_cast<const BlockQ8_K*>(act.q8_row(r));
+      for (int b = 0; b < 2; ++b) ExpectSameQ8_K(got[b], want[b], std::string(gguf::TypeName(type)) + " r=" + std::to_string(r));
+    }
   }
-  EXPECT_NEAR(y, ref, 1e-2 * mag);
+}
+
+TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
+  // Several rows of 3 super-blocks, 1 to 6 activation rows (four-row calls
+  // and their remainders): each product is the dot of DequantizeRow's output
+  // with the activations rounded to Q8_K, up to float rounding; and within
+  // the Q8_K rounding of the activations themselves.
+  constexpr int64_t kRows = 5, kCols = 3 * 256;
+  for (TensorType type : {TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+    const std::vector<uint8_t> w = RandomKQuantRows(rng_, type, kRows, kCols / 256);
+    const MatrixView view{type, w.data(), kRows, kCols, RowBytes(type, kCols)};
+    for (int64_t n_x : {1, 4, 6}) {
+      const std::vector<float> x = RandomFloats(rng_, n_x * kCols);
+      std::vector<float> y(n_x * kRows, kNaN);
+      MatMul(view, x.data(), kCols, n_x, y.data(), kRows, *ks_);
+      for (int64_t r = 0; r < n_x; ++r) {
+        const std::vector<BlockQ8_K> xq = RefQuantizeQ8_K(x.data() + r * kCols, kCols);
+        for (int64_t o = 0; o < kRows; ++o) {
+          double ref, mag;
+          DequantizedDot(type, view.row(o), xq.data(), kCols, &ref, &mag);
+          const std::string where = std::string(gguf::TypeName(type)) + " n_x=" + std::to_string(n_x) +
+                                    " r=" + std::to_string(r) + " o=" + std::to_string(o);
+          ASSERT_NEAR(y[r * kRows + o], ref, 1e-5 * mag) << where;
+          std::vector<float> wd(kCols);
+          DequantizeRow(type, view.row(o), wd.data(), kCols, *ks_);
+          double exact = 0, exact_mag = 0;
+          for (int64_t i = 0; i < kCols; ++i) {
+            exact += static_cast<double>(wd[i]) * x[r * kCols + i];
+            exact_mag += std::fabs(static_cast<double>(wd[i]) * x[r * kCols + i]);
+          }
+          ASSERT_NEAR(y[r * kRows + o], exact, 1e-2 * exact_mag) << where;
+        }
+      }
+    }
+  }
 }
 
 // Packed weights (packed.h): every back-end with packed kernels gives what
