@@ -263,6 +263,35 @@ float DotQ6_KQ8_K(const void* w, const void* x, int64_t n) {
   return out;
 }
 
+// Each activation row keeps the 16 outputs in two 8-lane accumulators, so
+// four rows give eight FMA chains.
+template <int kRows>
+void GemmF32X16Rows(const float* wt, int64_t cols, const float* x, int64_t ldx, float* out) {
+  __m256 lo[kRows], hi[kRows];
+  for (int r = 0; r < kRows; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < cols; ++c) {
+    const __m256 w_lo = _mm256_load_ps(wt + c * 16), w_hi = _mm256_load_ps(wt + c * 16 + 8);
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 xv = _mm256_set1_ps(x[r * ldx + c]);
+      lo[r] = _mm256_fmadd_ps(xv, w_lo, lo[r]);
+      hi[r] = _mm256_fmadd_ps(xv, w_hi, hi[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    _mm256_storeu_ps(out + r * 16, lo[r]);
+    _mm256_storeu_ps(out + r * 16 + 8, hi[r]);
+  }
+}
+
+void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int n_x, float* out) {
+  switch (n_x) {
+    case 1: return GemmF32X16Rows<1>(wt, cols, x, ldx, out);
+    case 2: return GemmF32X16Rows<2>(wt, cols, x, ldx, out);
+    case 3: return GemmF32X16Rows<3>(wt, cols, x, ldx, out);
+    default: return GemmF32X16Rows<4>(wt, cols, x, ldx, out);
+  }
+}
+
 }  // namespace
 
 const KernelSet* Avx2Kernels() {
@@ -270,7 +299,8 @@ const KernelSet* Avx2Kernels() {
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
                                 QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
-                                nullptr, nullptr};  // no VNNI: weights stay unpacked
+                                nullptr, nullptr,  // no VNNI: weights stay unpacked
+                                GemmF32X16};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;
 }

@@ -326,13 +326,44 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
   }
 }
 
+// One 16-lane accumulator per activation row and two sets of them (even and
+// odd columns), so eight FMA chains are in flight.
+template <int kRows>
+void GemmF32X16Rows(const float* wt, int64_t cols, const float* x, int64_t ldx, float* out) {
+  __m512 even[kRows], odd[kRows];
+  for (int r = 0; r < kRows; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 2 <= cols; c += 2) {
+    const __m512 w0 = _mm512_load_ps(wt + c * 16), w1 = _mm512_load_ps(wt + c * 16 + 16);
+    for (int r = 0; r < kRows; ++r) {
+      even[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + c]), w0, even[r]);
+      odd[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + c + 1]), w1, odd[r]);
+    }
+  }
+  if (c < cols) {
+    const __m512 w0 = _mm512_load_ps(wt + c * 16);
+    for (int r = 0; r < kRows; ++r) even[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * ldx + c]), w0, even[r]);
+  }
+  for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, _mm512_add_ps(even[r], odd[r]));
+}
+
+void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int n_x, float* out) {
+  switch (n_x) {
+    case 1: return GemmF32X16Rows<1>(wt, cols, x, ldx, out);
+    case 2: return GemmF32X16Rows<2>(wt, cols, x, ldx, out);
+    case 3: return GemmF32X16Rows<3>(wt, cols, x, ldx, out);
+    default: return GemmF32X16Rows<4>(wt, cols, x, ldx, out);
+  }
+}
+
 }  // namespace
 
 const KernelSet* Avx512Kernels() {
   static const KernelSet set = {"avx512", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
                                 QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, DotK4Rows<BlockQ4_K, 4>,
-                                DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>};
+                                DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
+                                GemmF32X16};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c) ? &set : nullptr;
 }

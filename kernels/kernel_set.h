@@ -54,6 +54,11 @@ struct KernelSet {
                            const float* terms, uint64_t terms_stride, int n_x, float* out);
   GemmX16 gemm_q8_0_x16;
   GemmX16 gemm_q4_0_x16;
+  // Sixteen F32 weight rows stored column by column (wt[c * 16 + i] is
+  // column c of row i, cols columns) against n_x (1..4) F32 activation rows,
+  // row r at x + r * ldx: out[r * 16 + i] = dot(weight row i, activation row r).
+  // The prompt path of F16 / BF16 weights converts 16 rows once into this form.
+  void (*gemm_f32_x16)(const float* wt, int64_t cols, const float* x, int64_t ldx, int n_x, float* out);
 };
 
 // Plain C++ reference; always available.

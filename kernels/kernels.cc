@@ -244,8 +244,8 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
     return;
   }
   // Half-precision rows are widened inside the dot product for one or two
-  // activation rows (no conversion pass over memory); larger batches convert
-  // each row once below and reuse it.
+  // activation rows (no conversion pass over memory); larger batches go
+  // through the tiled product below.
   if ((w.type == TensorType::kF16 || w.type == TensorType::kBF16) && n_x <= 2) {
     const auto dot = w.type == TensorType::kF16 ? ks.dot_f16_f32 : ks.dot_bf16_f32;
     for (int64_t o = o_begin; o < o_end; ++o) {
@@ -253,13 +253,36 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
     }
     return;
   }
-  // Convert each weight row once, then use it for every activation row (F16 /
-  // BF16 for three or more activation rows).
-  thread_local std::vector<float> row;
-  if (static_cast<int64_t>(row.size()) < w.cols) row.resize(w.cols);
-  for (int64_t o = o_begin; o < o_end; ++o) {
-    DequantizeRow(w.type, w.row(o), row.data(), w.cols, ks);
-    for (int64_t r = 0; r < n_x; ++r) y[r * ldy + o] = ks.dot_f32(row.data(), x.f32_row(r), w.cols);
+  // F16 / BF16 for three or more activation rows (the only case left): 16
+  // weight rows at a time are converted once, stored column by column, and
+  // multiplied with tiles of four activation rows (one output row per vector
+  // lane, no horizontal sums).
+  // Used only within this call (no oneTBB waits inside), so one per thread is safe.
+  thread_local std::vector<float> rows, tile;
+  rows.resize(static_cast<size_t>(w.cols) * kPackRows);
+  tile.resize(static_cast<size_t>(w.cols) * kPackRows + 16);
+  float* wt = tile.data() + (16 - reinterpret_cast<uintptr_t>(tile.data()) / sizeof(float) % 16) % 16;  // 64-byte aligned
+  for (int64_t o0 = o_begin; o0 < o_end; o0 += kPackRows) {
+    const int64_t n_o = std::min<int64_t>(kPackRows, o_end - o0);
+    for (int64_t i = 0; i < kPackRows; ++i) {
+      float* dst = rows.data() + i * w.cols;
+      if (i < n_o) {
+        DequantizeRow(w.type, w.row(o0 + i), dst, w.cols, ks);
+      } else {
+        std::fill_n(dst, w.cols, 0.0f);  // past the range: computed, never stored
+      }
+    }
+    for (int64_t c = 0; c < w.cols; ++c) {
+      for (int64_t i = 0; i < kPackRows; ++i) wt[c * kPackRows + i] = rows[i * w.cols + c];
+    }
+    float out[4 * kPackRows];
+    for (int64_t r = 0; r < n_x; r += 4) {
+      const int n_tile = static_cast<int>(std::min<int64_t>(4, n_x - r));
+      ks.gemm_f32_x16(wt, w.cols, x.f32_row(r), x.f32_stride(), n_tile, out);
+      for (int t = 0; t < n_tile; ++t) {
+        for (int64_t i = 0; i < n_o; ++i) y[(r + t) * ldy + o0 + i] = out[t * kPackRows + i];
+      }
+    }
   }
 }
 

@@ -51,6 +51,7 @@ class Activations {
   int64_t n_rows() const { return n_x_; }
   bool quantized() const { return quantized_; }
   const float* f32_row(int64_t r) const { return x_ + r * ldx_; }
+  int64_t f32_stride() const { return ldx_; }
   const void* q8_row(int64_t r) const { return q8_.data() + r * q8_row_bytes_; }
   uint64_t q8_row_bytes() const { return q8_row_bytes_; }
   // Per block of each Q8_0 row, {d, C * sum of codes} for the packed kernels.

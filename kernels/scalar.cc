@@ -251,13 +251,24 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
   }
 }
 
+void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int n_x, float* out) {
+  for (int r = 0; r < n_x; ++r) {
+    for (int i = 0; i < 16; ++i) {
+      double sum = 0;
+      for (int64_t c = 0; c < cols; ++c) sum += static_cast<double>(wt[c * 16 + i]) * x[r * ldx + c];
+      out[r * 16 + i] = static_cast<float>(sum);
+    }
+  }
+}
+
 }  // namespace
 
 const KernelSet& ScalarKernels() {
   static const KernelSet set = {"scalar", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
                                 QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, Dot4<DotQ4_KQ8_K>,
-                                Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>};
+                                Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>,
+                                GemmF32X16};
   return set;
 }
 

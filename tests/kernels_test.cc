@@ -1151,6 +1151,37 @@ TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   }
 }
 
+TEST_P(KernelSetTest, GemmF32X16MatchesDoubleReference) {
+  // Columns odd (the even/odd unrolling's tail), 1 to 4 activation rows with a
+  // row stride wider than the row.
+  for (int64_t cols : {1, 2, 37, 256}) {
+    std::vector<float> wt_storage(cols * 16 + 16);
+    float* wt = wt_storage.data() + (16 - reinterpret_cast<uintptr_t>(wt_storage.data()) / sizeof(float) % 16) % 16;
+    const std::vector<float> w = RandomFloats(rng_, cols * 16);
+    std::copy(w.begin(), w.end(), wt);
+    const int64_t ldx = cols + 3;
+    const std::vector<float> x = RandomFloats(rng_, 4 * ldx);
+    for (int n_x = 1; n_x <= 4; ++n_x) {
+      std::vector<float> out(4 * 16, kNaN);
+      ks_->gemm_f32_x16(wt, cols, x.data(), ldx, n_x, out.data());
+      for (int r = 0; r < 4; ++r) {
+        for (int i = 0; i < 16; ++i) {
+          if (r >= n_x) {
+            EXPECT_TRUE(std::isnan(out[r * 16 + i])) << "wrote past n_x";
+            continue;
+          }
+          double ref = 0, mag = 0;
+          for (int64_t c = 0; c < cols; ++c) {
+            ref += static_cast<double>(wt[c * 16 + i]) * x[r * ldx + c];
+            mag += std::fabs(static_cast<double>(wt[c * 16 + i]) * x[r * ldx + c]);
+          }
+          ASSERT_NEAR(out[r * 16 + i], ref, 1e-6 * (1 + mag)) << "cols=" << cols << " n_x=" << n_x << " r=" << r;
+        }
+      }
+    }
+  }
+}
+
 TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   // A view packed for one back-end stays usable with any other: back-ends
   // without packed kernels read the original rows.
