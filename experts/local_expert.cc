@@ -52,6 +52,20 @@ void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, i
 LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kernels::MatrixView down)
     : gate_(gate), up_(up), down_(down) {}
 
+std::vector<std::pair<const uint8_t*, uint64_t>> LocalExpert::MappedRanges() const {
+  std::vector<std::pair<const uint8_t*, uint64_t>> out;
+  for (const kernels::MatrixView* m : {&gate_, &up_, &down_}) {
+    if (m->packed_rows < m->rows) out.emplace_back(m->row(m->packed_rows), (m->rows - m->packed_rows) * m->row_bytes);
+  }
+  return out;
+}
+
+uint64_t LocalExpert::PackedBytes() const {
+  uint64_t n = 0;
+  for (const kernels::MatrixView* m : {&gate_, &up_, &down_}) n += m->packed_rows / kernels::kPackRows * m->packed_group_bytes;
+  return n;
+}
+
 absl::Status LocalExpert::Forward(const float* in, int64_t n_rows, float* out) const {
   const int64_t ff = gate_.rows;
   Scratch<float> g(static_cast<size_t>(n_rows) * ff), u(g.size());

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <initializer_list>
+#include <utility>
+#include <vector>
 
 #include "experts/expert.h"
 #include "kernels/kernels.h"
@@ -17,6 +19,10 @@ class LocalExpert final : public Expert {
   absl::Status Forward(const float* in, int64_t n_rows, float* out) const override;
   int64_t dim() const override { return gate_.cols; }
   int64_t ffn_dim() const { return gate_.rows; }
+  // The memory this expert's weights occupy: ranges of the file mapping it
+  // reads (rows not packed) and bytes of packed copies.
+  std::vector<std::pair<const uint8_t*, uint64_t>> MappedRanges() const;
+  uint64_t PackedBytes() const;
 
  private:
   kernels::MatrixView gate_, up_, down_;

@@ -91,9 +91,9 @@ void ReleaseMappedPages(const uint8_t* p, uint64_t n) {
 
 }  // namespace
 
-kernels::MatrixView Model::Matrix(const TensorInfo& t, int64_t slice, const LoadOptions& options) {
+kernels::MatrixView Model::Matrix(const TensorInfo& t, int64_t slice, bool pack) {
   kernels::MatrixView m = View(t, slice);
-  if (!options.pack_weights || !kernels::CanPack(m.type)) return m;
+  if (!pack || !kernels::CanPack(m.type)) return m;
   if (packed_ == nullptr) {
     // Address space for every matrix that may be packed; only what is written becomes resident.
     uint64_t capacity = 0;
@@ -216,13 +216,14 @@ absl::Status Model::Build(const LoadOptions& options) {
     if (!t.ok()) return t.status();
     token_embd_ = View(**t);
   }
+  const bool pack_other = options.pack_weights && options.pack_other_matrices;
   {
     auto t = GetTensor(f, "output_norm.weight", {d});
     if (!t.ok()) return t.status();
     output_norm_ = ToFloats(**t);
     auto o = GetTensor(f, "output.weight", {d, hp_.n_vocab}, /*required=*/false);
     if (!o.ok()) return o.status();
-    output_ = *o ? Matrix(**o, 0, options) : token_embd_;  // tied embeddings
+    output_ = *o ? Matrix(**o, 0, pack_other) : token_embd_;  // tied embeddings
   }
 
   hp_.gating.n_experts = hp_.n_expert;
@@ -246,10 +247,10 @@ absl::Status Model::Build(const LoadOptions& options) {
     MICROMOE_TENSOR(ffn_norm, need("ffn_norm.weight", {d}));
     L.attn_norm = ToFloats(*attn_norm);
     L.ffn_norm = ToFloats(*ffn_norm);
-    L.wq = Matrix(*wq, 0, options);
-    L.wk = Matrix(*wk, 0, options);
-    L.wv = Matrix(*wv, 0, options);
-    L.wo = Matrix(*wo, 0, options);
+    L.wq = Matrix(*wq, 0, pack_other);
+    L.wk = Matrix(*wk, 0, pack_other);
+    L.wv = Matrix(*wv, 0, pack_other);
+    L.wo = Matrix(*wo, 0, pack_other);
     if (hp_.arch == "olmoe" || hp_.arch == "qwen3moe") {
       // OLMoE normalises the whole Q and K vectors, Qwen3-MoE each head.
       const bool per_head = hp_.arch == "qwen3moe";
@@ -274,8 +275,9 @@ absl::Status Model::Build(const LoadOptions& options) {
       MICROMOE_TENSOR(down, need("ffn_down_exps.weight", {ff, d, ne}));
       L.router = std::make_unique<router::Router>(View(*gate_inp), hp_.gating);
       for (int e = 0; e < ne; ++e) {
+        const bool pack_e = options.pack_weights && (!options.pack_expert || options.pack_expert(hp_, il, e));
         L.local_experts.push_back(std::make_unique<experts::LocalExpert>(
-            Matrix(*gate, e, options), Matrix(*up, e, options), Matrix(*down, e, options)));
+            Matrix(*gate, e, pack_e), Matrix(*up, e, pack_e), Matrix(*down, e, pack_e)));
         expert_table_[il].push_back(L.local_experts.back().get());
       }
       if (hp_.n_ff_shared > 0) {
@@ -287,14 +289,14 @@ absl::Status Model::Build(const LoadOptions& options) {
         L.shared_gate = View(*sg);
         L.shared_gate.rows = 1;
         L.shared_expert = std::make_unique<experts::LocalExpert>(
-            Matrix(*sgate, 0, options), Matrix(*sup, 0, options), Matrix(*sdown, 0, options));
+            Matrix(*sgate, 0, pack_other), Matrix(*sup, 0, pack_other), Matrix(*sdown, 0, pack_other));
       }
     } else {
       MICROMOE_TENSOR(gate, need("ffn_gate.weight", {d, hp_.n_ff}));
       MICROMOE_TENSOR(up, need("ffn_up.weight", {d, hp_.n_ff}));
       MICROMOE_TENSOR(down, need("ffn_down.weight", {hp_.n_ff, d}));
-      L.dense_ffn = std::make_unique<experts::LocalExpert>(Matrix(*gate, 0, options), Matrix(*up, 0, options),
-                                                           Matrix(*down, 0, options));
+      L.dense_ffn = std::make_unique<experts::LocalExpert>(Matrix(*gate, 0, pack_other), Matrix(*up, 0, pack_other),
+                                                           Matrix(*down, 0, pack_other));
     }
 #undef MICROMOE_TENSOR
   }

@@ -5,6 +5,7 @@
 // qwen2moe (shared expert), qwen3moe (per-head Q/K norm), granitemoe (scales).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,6 +69,12 @@ struct LoadOptions {
   // Repack Q8_0 / Q4_0 matrices for the integer kernels (kernels/packed.h) and
   // release the mapped pages they replace. Off: compute from the mapping.
   bool pack_weights = true;
+  // With pack_weights: which routed experts to pack (every one when empty),
+  // and whether to pack the other matrices (attention, output head, shared
+  // expert). Matrices that run elsewhere (experts on other nodes; everything
+  // but the held experts on an expert node) then take no memory here.
+  std::function<bool(const HParams& hp, int layer, int expert)> pack_expert;
+  bool pack_other_matrices = true;
 };
 
 class Model {
@@ -96,7 +103,7 @@ class Model {
   absl::Status Build(const LoadOptions& options);
   // The view of matrix `slice` of `t`, packed when options allow and the
   // kernels have a packed form for its type.
-  kernels::MatrixView Matrix(const gguf::TensorInfo& t, int64_t slice, const LoadOptions& options);
+  kernels::MatrixView Matrix(const gguf::TensorInfo& t, int64_t slice, bool pack);
 
   std::unique_ptr<gguf::File> file_;
   HParams hp_;

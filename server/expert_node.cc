@@ -22,6 +22,7 @@
 #include <tbb/task_group.h>
 
 #include "base/str_cat.h"
+#include "experts/local_expert.h"
 #include "experts/placement.h"
 #include "experts/remote_expert.h"
 #include "kernels/quant.h"
@@ -32,8 +33,6 @@ namespace micromoe::server {
 namespace {
 
 using experts::kMaxRowsPerExpert;
-
-const char* const kExpertTensors[] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
 
 grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
@@ -94,16 +93,10 @@ class ExpertTable {
 
   const std::vector<std::pair<int, int>>& held() const { return held_list_; }
 
-  // The bytes of expert (l, e)'s three matrices in the mapping.
-  std::vector<std::pair<const uint8_t*, uint64_t>> WeightSlices(int l, int e) const {
-    std::vector<std::pair<const uint8_t*, uint64_t>> out;
-    for (const char* name : kExpertTensors) {
-      const gguf::TensorInfo* t = model_.file().FindTensor(StrCat("blk.", l, ".", name, ".weight"));
-      if (t == nullptr) continue;
-      const uint64_t per_expert = t->n_bytes / model_.hparams().n_expert;
-      out.emplace_back(t->data + per_expert * e, per_expert);
-    }
-    return out;
+  // Expert (l, e)'s weights: the ranges of the mapping it reads (rows not
+  // packed) and the bytes of its packed copies.
+  const experts::LocalExpert& Local(int l, int e) const {
+    return static_cast<const experts::LocalExpert&>(*model_.layers()[l].local_experts[e]);
   }
 
   std::string WeightType(int l) const {
@@ -307,6 +300,12 @@ int RunExpertNode(const ExpertNodeArgs& args) {
   std::fprintf(stderr, "loading %s\n", args.model.c_str());
   runtime::LoadOptions load;
   load.load_tokenizer = false;
+  // Only the held experts are packed: the rest of the model takes no memory here.
+  load.pack_other_matrices = false;
+  load.pack_expert = [spec = args.experts_spec](const runtime::HParams& hp, int layer, int expert) {
+    auto held = experts::ParseExpertSpec(spec, hp.n_layer, hp.n_expert);
+    return held.ok() && std::find(held->begin(), held->end(), std::pair<int, int>{layer, expert}) != held->end();
+  };
   auto model = runtime::Model::Load(args.model, load);
   if (!model.ok()) return Fail(std::string(model.status().message()));
   const runtime::HParams& hp = (*model)->hparams();
@@ -314,16 +313,18 @@ int RunExpertNode(const ExpertNodeArgs& args) {
   auto held = experts::ParseExpertSpec(args.experts_spec, hp.n_layer, hp.n_expert);
   if (!held.ok()) return Fail(std::string(held.status().message()));
   ExpertTable table(**model, *held);
-  // Fault in the held experts' weights now (one read per page), so the first
-  // request is not slow; then give back every other page of the tensors that
-  // loading or the kernel's fault-around mapped: resident memory is what this
-  // node holds.
+  // Packed experts are resident already. Fault in the rest of the held
+  // experts' weights (rows left in the file's layout) now, one read per page,
+  // so the first request is not slow; then give back every other page of the
+  // tensors that loading or the kernel's fault-around mapped: resident memory
+  // is what this node holds.
   std::vector<std::pair<const uint8_t*, uint64_t>> keep;
   uint64_t held_bytes = 0;
   volatile uint64_t sink = 0;  // keeps the reads
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   for (const auto& [l, e] : *held) {
-    for (const auto& [data, n] : table.WeightSlices(l, e)) {
+    held_bytes += table.Local(l, e).PackedBytes();
+    for (const auto& [data, n] : table.Local(l, e).MappedRanges()) {
       held_bytes += n;
       keep.emplace_back(data, n);
       for (uint64_t i = 0; i < n; i += page) sink = sink + data[i];

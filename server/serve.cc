@@ -1,6 +1,7 @@
 #include "server/serve.h"
 
 #include <cstdio>
+#include <memory>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -35,7 +36,22 @@ int RunServe(const ServeArgs& args) {
   }
 
   std::fprintf(stderr, "loading %s\n", args.model.c_str());
-  auto model = runtime::Model::Load(args.model);
+  runtime::LoadOptions load;
+  if (!args.placement.empty()) {
+    // Experts placed on other nodes are not packed here (they never run here).
+    // The file is read once, on the first call; errors are reported below.
+    auto placed = std::make_shared<std::vector<std::vector<bool>>>();
+    load.pack_expert = [path = args.placement, placed](const runtime::HParams& hp, int layer, int expert) {
+      if (placed->empty()) {
+        placed->assign(hp.n_layer, std::vector<bool>(hp.n_expert, false));
+        if (auto p = experts::ParsePlacementFile(path, hp.n_layer, hp.n_expert); p.ok()) {
+          for (const experts::PlacedExpert& e : p->experts) (*placed)[e.layer][e.expert] = true;
+        }
+      }
+      return !(*placed)[layer][expert];
+    };
+  }
+  auto model = runtime::Model::Load(args.model, load);
   if (!model.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
     return 1;

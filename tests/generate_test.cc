@@ -1,14 +1,21 @@
 // Sampling, UTF-8 streaming of token bytes, and the generation loop.
 #include <unistd.h>
 
+#include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "experts/local_expert.h"
 #include "gguf/writer.h"
+#include "kernels/packed.h"
 #include "runtime/chat_template.h"
+#include "runtime/forward.h"
 #include "runtime/generate.h"
+#include "runtime/kv_cache.h"
+#include "runtime/model.h"
 #include "runtime/sampler.h"
 #include "tools/model_builder.h"
 
@@ -147,6 +154,68 @@ TEST_F(GenerateTest, RejectsEmptyPromptAndBadOptions) {
   o.n_ctx = 256;
   EXPECT_EQ(Generate(*model_, std::vector<int32_t>(300, 5), o, [](int32_t) { return true; }).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+
+// Repacked weights (kernels/packed.h) give the same logits as the file's
+// layout, and LoadOptions packs only what it is asked to: an expert node packs
+// its own experts and nothing else.
+TEST(PackedModelTest, SameLogitsAndOnlyTheRequestedMatricesPacked) {
+  if (!kernels::CanPack(gguf::TensorType::kQ8_0)) GTEST_SKIP() << "the active kernels have no packed form";
+  gguf::Writer w;
+  tools::TinyModelSpec spec;
+  spec.weight_type = gguf::TensorType::kQ8_0;
+  tools::BuildTinyModel(spec, &w);
+  const std::string path = ::testing::TempDir() + "/packed_model_test_" + std::to_string(::getpid()) + ".gguf";
+  ASSERT_TRUE(w.WriteFile(path).ok());
+
+  auto logits_of = [&](const LoadOptions& options, std::unique_ptr<Model>* keep) {
+    auto m = Model::Load(path, options);
+    EXPECT_TRUE(m.ok()) << m.status();
+    const HParams& hp = (*m)->hparams();
+    KvCache kv(hp.n_layer, hp.kv_dim(), 16, 1);
+    EXPECT_TRUE(kv.Start(0).ok());
+    std::vector<BatchRow> batch;
+    for (int i = 0; i < 6; ++i) batch.push_back({300 + i, i, 0, true});  // a prompt: tiles of four and a remainder
+    std::vector<float> logits;
+    EXPECT_TRUE(Forward(**m, batch, kv, &logits).ok());
+    batch.assign(1, {310, 6, 0, true});  // one decode step
+    std::vector<float> step;
+    EXPECT_TRUE(Forward(**m, batch, kv, &step).ok());
+    logits.insert(logits.end(), step.begin(), step.end());
+    *keep = std::move(*m);
+    return logits;
+  };
+  LoadOptions plain;
+  plain.pack_weights = false;
+  LoadOptions node;
+  node.pack_other_matrices = false;
+  node.pack_expert = [](const HParams&, int layer, int expert) { return layer == 1 && expert == 2; };
+  std::unique_ptr<Model> m_plain, m_packed, m_node;
+  const std::vector<float> a = logits_of(plain, &m_plain), b = logits_of({}, &m_packed), c = logits_of(node, &m_node);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(a[i], b[i], 1e-4f * (1 + std::fabs(a[i]))) << i;
+    EXPECT_NEAR(a[i], c[i], 1e-4f * (1 + std::fabs(a[i]))) << i;
+  }
+
+  auto packed_bytes = [](const Model& m, int l, int e) {
+    return static_cast<const experts::LocalExpert&>(*m.layers()[l].local_experts[e]).PackedBytes();
+  };
+  EXPECT_EQ(m_plain->layers()[0].wq.packed, nullptr);
+  EXPECT_NE(m_packed->layers()[0].wq.packed, nullptr);
+  EXPECT_EQ(m_node->layers()[0].wq.packed, nullptr);
+  EXPECT_EQ(m_node->output().packed, nullptr);
+  for (int l = 0; l < spec.n_layer; ++l) {
+    for (int e = 0; e < spec.n_expert; ++e) {
+      EXPECT_EQ(packed_bytes(*m_plain, l, e), 0u);
+      EXPECT_GT(packed_bytes(*m_packed, l, e), 0u);
+      EXPECT_EQ(packed_bytes(*m_node, l, e) > 0, l == 1 && e == 2) << l << " " << e;
+    }
+  }
+  // Rows that are packed are no longer ranges of the mapping it reads.
+  const auto& expert = static_cast<const experts::LocalExpert&>(*m_packed->layers()[0].local_experts[0]);
+  EXPECT_TRUE(expert.MappedRanges().empty()) << "96 and 64 rows are whole groups of 16";
 }
 
 }  // namespace
