@@ -247,22 +247,6 @@ void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, flo
   for (int r = 0; r < kRows; ++r) out[r] = HorizontalSum256(acc[r]);
 }
 
-float DotQ4_KQ8_K(const void* w, const void* x, int64_t n) {
-  float out;
-  DotK4Rows<BlockQ4_K, 1>(w, x, 0, n, &out);
-  return out;
-}
-float DotQ5_KQ8_K(const void* w, const void* x, int64_t n) {
-  float out;
-  DotK4Rows<BlockQ5_K, 1>(w, x, 0, n, &out);
-  return out;
-}
-float DotQ6_KQ8_K(const void* w, const void* x, int64_t n) {
-  float out;
-  DotQ6_KRows<1>(w, x, 0, n, &out);
-  return out;
-}
-
 // Each activation row keeps the 16 outputs in two 8-lane accumulators, so
 // four rows give eight FMA chains.
 template <int kRows>
@@ -297,7 +281,8 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
 const KernelSet* Avx2Kernels() {
   static const KernelSet set = {"avx2", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
-                                QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, DotK4Rows<BlockQ4_K, 4>,
+                                QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
+                                OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
                                 nullptr, nullptr,  // no VNNI: weights stay unpacked
                                 GemmF32X16};

@@ -299,22 +299,6 @@ void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, flo
   for (int r = 0; r < kRows; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
-float DotQ4_KQ8_K(const void* w, const void* x, int64_t n) {
-  float out;
-  DotK4Rows<BlockQ4_K, 1>(w, x, 0, n, &out);
-  return out;
-}
-float DotQ5_KQ8_K(const void* w, const void* x, int64_t n) {
-  float out;
-  DotK4Rows<BlockQ5_K, 1>(w, x, 0, n, &out);
-  return out;
-}
-float DotQ6_KQ8_K(const void* w, const void* x, int64_t n) {
-  float out;
-  DotQ6_KRows<1>(w, x, 0, n, &out);
-  return out;
-}
-
 template <bool kQ4>
 void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
              uint64_t terms_stride, int n_x, float* out) {
@@ -361,7 +345,8 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
 const KernelSet* Avx512Kernels() {
   static const KernelSet set = {"avx512", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
-                                QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, DotK4Rows<BlockQ4_K, 4>,
+                                QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
+                                OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
                                 GemmF32X16};
   const CpuFeatures& f = GetCpuFeatures();

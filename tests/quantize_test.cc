@@ -316,16 +316,22 @@ TEST(QuantizeKTest, LargeAndTinyMagnitudesStayFinite) {
 // the codes 0..nmax, scaled by round numbers, so the quantizer recovers the
 // grid exactly and each field can be written down.
 
-TEST(QuantizeKTest, Q4_KFieldsOnASimpleRow) {
-  // d = 2^-6, dmin = 2^-7; sub-block j: x = d * sc[j] * q - dmin * m[j] with
-  // q = (l + 3j) % 16 for its l-th value.
-  const int sc[8] = {63, 1, 32, 16, 48, 7, 40, 20};
-  const int m[8] = {0, 63, 5, 16, 33, 2, 63, 10};
+// d = 2^-6, dmin = 2^-7; sub-block j of 32: x = d * sc[j] * q - dmin * m[j]
+// with q = (l + step * j) % levels for its l-th value.
+constexpr int kSimpleScales[8] = {63, 1, 32, 16, 48, 7, 40, 20};
+constexpr int kSimpleMins[8] = {0, 63, 5, 16, 33, 2, 63, 10};
+std::vector<float> SimpleScaleMinRow(int step, int levels) {
   std::vector<float> x(kQK_K);
   for (int e = 0; e < kQK_K; ++e) {
-    const int j = e / 32, q = (e % 32 + 3 * j) % 16;
-    x[e] = 0x1p-6f * sc[j] * q - 0x1p-7f * m[j];
+    const int j = e / 32, q = (e % 32 + step * j) % levels;
+    x[e] = 0x1p-6f * kSimpleScales[j] * q - 0x1p-7f * kSimpleMins[j];
   }
+  return x;
+}
+
+TEST(QuantizeKTest, Q4_KFieldsOnASimpleRow) {
+  // Codes q = (l + 3j) % 16 (SimpleScaleMinRow).
+  const std::vector<float> x = SimpleScaleMinRow(3, 16);
   BlockQ4_K b;
   QuantizeRow(TensorType::kQ4_K, x.data(), &b, kQK_K);
   EXPECT_EQ(b.d, 0x2400);     // 2^-6
@@ -348,13 +354,7 @@ TEST(QuantizeKTest, Q4_KFieldsOnASimpleRow) {
 
 TEST(QuantizeKTest, Q5_KFieldsOnASimpleRow) {
   // As for Q4_K with codes q = (l + 5j) % 32: the fifth bit goes to qh.
-  const int sc[8] = {63, 1, 32, 16, 48, 7, 40, 20};
-  const int m[8] = {0, 63, 5, 16, 33, 2, 63, 10};
-  std::vector<float> x(kQK_K);
-  for (int e = 0; e < kQK_K; ++e) {
-    const int j = e / 32, q = (e % 32 + 5 * j) % 32;
-    x[e] = 0x1p-6f * sc[j] * q - 0x1p-7f * m[j];
-  }
+  const std::vector<float> x = SimpleScaleMinRow(5, 32);
   BlockQ5_K b;
   QuantizeRow(TensorType::kQ5_K, x.data(), &b, kQK_K);
   EXPECT_EQ(b.d, 0x2400);
