@@ -75,6 +75,7 @@ int RunQuantize(const QuantizeArgs& a) {
   // Loading the model validates the input completely before anything is written.
   runtime::LoadOptions load;
   load.load_tokenizer = false;
+  load.pack_weights = false;  // the tensors are only read once, from the file's layout
   auto model = runtime::Model::Load(a.input, load);
   if (!model.ok()) return Fail(std::string(model.status().message()));
   const gguf::File& in = (*model)->file();
@@ -110,21 +111,26 @@ int RunQuantize(const QuantizeArgs& a) {
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
     const int64_t rows = static_cast<int64_t>(t.n_elements / t.ne[0]);
     const uint64_t out_row_bytes = cols / traits->block_elements * traits->block_bytes;
-    std::vector<uint8_t> data(out_row_bytes * rows);
-    const uint64_t in_row_bytes = t.n_bytes / rows;
-    // Rows are independent; the K-quants' searches make this the slow part.
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows), [&](const tbb::blocked_range<int64_t>& range) {
-      std::vector<float> row(cols);
-      for (int64_t r = range.begin(); r < range.end(); ++r) {
-        kernels::DequantizeRow(t.type, t.data + r * in_row_bytes, row.data(), cols);
-        kernels::QuantizeRow(target, row.data(), data.data() + r * out_row_bytes, cols);
-      }
-    });
     if (t.n_dims > 1) matrix_elements[target] += t.n_elements;
     std::vector<uint64_t> ne(t.ne.begin(), t.ne.begin() + t.n_dims);
-    out.AddTensor(t.name, target, ne, std::move(data));
-    std::fprintf(stderr, "[%zu/%zu] %-36s %-5s -> %s\n", index, in.tensors().size(), t.name.c_str(),
-                 std::string(gguf::TypeName(t.type)).c_str(), std::string(gguf::TypeName(target)).c_str());
+    // Converted while the file is written, one tensor in memory at a time.
+    const size_t n_tensors = in.tensors().size();
+    out.AddTensor(t.name, target, ne, out_row_bytes * rows, [&in, &t, target, cols, rows, out_row_bytes, index, n_tensors] {
+      std::vector<uint8_t> data(out_row_bytes * rows);
+      const uint64_t in_row_bytes = t.n_bytes / rows;
+      // Rows are independent; the K-quants' searches make this the slow part.
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows), [&](const tbb::blocked_range<int64_t>& range) {
+        std::vector<float> row(cols);
+        for (int64_t r = range.begin(); r < range.end(); ++r) {
+          kernels::DequantizeRow(t.type, t.data + r * in_row_bytes, row.data(), cols);
+          kernels::QuantizeRow(target, row.data(), data.data() + r * out_row_bytes, cols);
+        }
+      });
+      in.DropPages(t.data, t.n_bytes);  // read once: resident memory stays about one tensor in and out
+      std::fprintf(stderr, "[%zu/%zu] %-36s %-5s -> %s\n", index, n_tensors, t.name.c_str(),
+                   std::string(gguf::TypeName(t.type)).c_str(), std::string(gguf::TypeName(target)).c_str());
+      return data;
+    });
   }
   // general.file_type names the type that holds most of the matrices (with
   // --experts-type, usually the experts' type), as the "mostly" in GGUF
@@ -142,7 +148,7 @@ int RunQuantize(const QuantizeArgs& a) {
   }
   if (auto s = out.WriteFile(a.output); !s.ok()) return Fail(std::string(s.message()));
   // The result must load as a model, as any GGUF engine would read it.
-  auto check = runtime::Model::Load(a.output);
+  auto check = runtime::Model::Load(a.output, load);
   if (!check.ok()) return Fail(StrCat("the written file does not load: ", check.status().message()));
   std::fprintf(stderr, "wrote %s: %.1f MiB -> %.1f MiB\n", a.output.c_str(), in.size() / 1048576.0,
                (*check)->file().size() / 1048576.0);

@@ -99,10 +99,16 @@ void Writer::SetValue(const std::string& key, const Value& v) {
 
 void Writer::AddTensor(const std::string& name, TensorType type, std::vector<uint64_t> ne,
                        std::vector<uint8_t> data) {
-  tensors_.push_back({name, type, std::move(ne), std::move(data)});
+  const uint64_t n_bytes = data.size();
+  tensors_.push_back({name, type, std::move(ne), n_bytes, std::move(data), nullptr});
 }
 
-std::vector<uint8_t> Writer::Serialize() const {
+void Writer::AddTensor(const std::string& name, TensorType type, std::vector<uint64_t> ne, uint64_t n_bytes,
+                       std::function<std::vector<uint8_t>()> produce) {
+  tensors_.push_back({name, type, std::move(ne), n_bytes, {}, std::move(produce)});
+}
+
+std::vector<uint8_t> Writer::Header() const {
   std::vector<uint8_t> out;
   Append<uint32_t>(out, 0x46554747);
   Append<uint32_t>(out, 3);
@@ -113,29 +119,63 @@ std::vector<uint8_t> Writer::Serialize() const {
     out.insert(out.end(), e.bytes.begin(), e.bytes.end());
   }
   uint64_t offset = 0;
-  auto align = [&](uint64_t x) { return (x + alignment_ - 1) / alignment_ * alignment_; };
   for (const Tensor& t : tensors_) {
     AppendString(out, t.name);
     Append<uint32_t>(out, static_cast<uint32_t>(t.ne.size()));
     for (uint64_t d : t.ne) Append<uint64_t>(out, d);
     Append<uint32_t>(out, static_cast<uint32_t>(t.type));
     Append<uint64_t>(out, offset);
-    offset = align(offset + t.data.size());
+    offset = Align(offset + t.n_bytes);
   }
-  out.resize(align(out.size()), 0);
+  out.resize(Align(out.size()), 0);
+  return out;
+}
+
+std::vector<uint8_t> Writer::Serialize() const {
+  std::vector<uint8_t> out = Header();
   for (const Tensor& t : tensors_) {
-    out.insert(out.end(), t.data.begin(), t.data.end());
-    out.resize(align(out.size()), 0);
+    if (t.produce) {
+      const std::vector<uint8_t> data = t.produce();
+      out.insert(out.end(), data.begin(), data.end());
+    } else {
+      out.insert(out.end(), t.data.begin(), t.data.end());
+    }
+    out.resize(Align(out.size()), 0);
   }
   return out;
 }
 
 absl::Status Writer::WriteFile(const std::string& path) const {
-  const std::vector<uint8_t> bytes = Serialize();
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
-  if (!f) return absl::InternalError(StrCat("cannot create '", path, "'"));
-  if (std::fwrite(bytes.data(), 1, bytes.size(), f.get()) != bytes.size()) {
-    return absl::InternalError(StrCat("short write to '", path, "'"));
+  const std::string tmp = path + ".tmp";
+  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(tmp.c_str(), "wb"), &std::fclose);
+  if (!f) return absl::InternalError(StrCat("cannot create '", tmp, "'"));
+  auto fail = [&](const std::string& what) {
+    f.reset();
+    std::remove(tmp.c_str());
+    return absl::InternalError(what);
+  };
+  auto write = [&](const uint8_t* p, uint64_t n) { return std::fwrite(p, 1, n, f.get()) == n; };
+  const std::vector<uint8_t> header = Header();
+  if (!write(header.data(), header.size())) return fail(StrCat("short write to '", tmp, "'"));
+  const std::vector<uint8_t> zeros(alignment_, 0);
+  for (const Tensor& t : tensors_) {
+    std::vector<uint8_t> produced;
+    if (t.produce) produced = t.produce();
+    const std::vector<uint8_t>& data = t.produce ? produced : t.data;
+    if (data.size() != t.n_bytes) {
+      return fail(StrCat("tensor '", t.name, "' has ", data.size(), " bytes, expected ", t.n_bytes));
+    }
+    if (!write(data.data(), data.size()) || !write(zeros.data(), Align(t.n_bytes) - t.n_bytes)) {
+      return fail(StrCat("short write to '", tmp, "'"));
+    }
+  }
+  if (std::fclose(f.release()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(StrCat("cannot finish writing '", tmp, "'"));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(StrCat("cannot rename '", tmp, "' to '", path, "'"));
   }
   return absl::OkStatus();
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -28,10 +29,17 @@ class Writer {
   // `data` holds the tensor in `type`'s block layout; `ne` lists dimensions, ne[0] contiguous.
   void AddTensor(const std::string& name, TensorType type, std::vector<uint64_t> ne,
                  std::vector<uint8_t> data);
+  // A tensor of n_bytes whose data `produce` returns when the file is written,
+  // so WriteFile holds one tensor at a time (quantizing a model larger than
+  // memory). A result of another size fails WriteFile.
+  void AddTensor(const std::string& name, TensorType type, std::vector<uint64_t> ne, uint64_t n_bytes,
+                 std::function<std::vector<uint8_t>()> produce);
 
   void set_alignment(uint32_t a) { alignment_ = a; SetU32("general.alignment", a); }
 
   std::vector<uint8_t> Serialize() const;
+  // Writes to `path`.tmp and renames it to `path` once complete, so a failed
+  // write leaves no partial file (and an existing `path` untouched).
   absl::Status WriteFile(const std::string& path) const;
 
  private:
@@ -43,9 +51,14 @@ class Writer {
     std::string name;
     TensorType type;
     std::vector<uint64_t> ne;
-    std::vector<uint8_t> data;
+    uint64_t n_bytes = 0;
+    std::vector<uint8_t> data;                       // or
+    std::function<std::vector<uint8_t>()> produce;  // called once per write
   };
   void Put(const std::string& key, std::vector<uint8_t> bytes);
+  // Everything before the first tensor's data: header, metadata, tensor infos, padding.
+  std::vector<uint8_t> Header() const;
+  uint64_t Align(uint64_t x) const { return (x + alignment_ - 1) / alignment_ * alignment_; }
 
   uint32_t alignment_ = 32;
   std::vector<Entry> kv_;

@@ -6,12 +6,14 @@
 // crash, a hang, or an allocation sized by a count the file merely claims.
 #include <fstream>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <new>
 #include <random>
 #include <string>
@@ -883,6 +885,39 @@ TEST(GgufOpen, ErrorsFromAMappedFileNameThePathAndTheField) {
   auto f = File::Open(path);
   EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(Message(f.status()), AllOf(HasSubstr("gguf_test_version7.gguf"), HasSubstr("version 7")));
+  std::remove(path.c_str());
+}
+
+
+// Tensors produced while the file is written (quantize holds one at a time):
+// the file equals Serialize(), a producer of the wrong size fails the write,
+// and a failed write leaves no partial file and an existing file untouched.
+TEST(GgufWriter, ProducedTensorsStreamAndFailedWritesLeaveNothing) {
+  const std::string path = ::testing::TempDir() + "/writer_stream_" + std::to_string(::getpid()) + ".gguf";
+  auto read_all = [](const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  int calls = 0;
+  Writer w;
+  w.SetString("general.architecture", "llama");
+  w.AddTensor("a", TensorType::kQ8_0, {32, 1}, 34, [&] { ++calls; return Iota(34); });
+  w.AddTensor("b", TensorType::kF32, {8}, Iota(32));
+  ASSERT_TRUE(w.WriteFile(path).ok());
+  EXPECT_EQ(calls, 1);
+  const std::vector<uint8_t> written = read_all(path);
+  EXPECT_EQ(written, w.Serialize());
+  auto f = Parse(written);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(std::vector<uint8_t>((*f)->FindTensor("a")->data, (*f)->FindTensor("a")->data + 34), Iota(34));
+
+  Writer bad;
+  bad.AddTensor("a", TensorType::kQ8_0, {32, 1}, 34, [] { return Iota(33); });
+  const absl::Status s = bad.WriteFile(path);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(s.message(), HasSubstr("tensor 'a' has 33 bytes, expected 34"));
+  EXPECT_EQ(read_all(path), written) << "the existing file must stay as it was";
+  EXPECT_FALSE(std::ifstream(path + ".tmp").good()) << "no partial file left behind";
   std::remove(path.c_str());
 }
 
