@@ -5,11 +5,12 @@
 #
 #   bash deploy/local-cluster.sh [MODEL] [PROMPT]
 #
-# Needs a built tree (build/micromoe). MODEL defaults to the shipped model.
+# Needs a built tree (build/micromoe, or the binary in $MICROMOE_BIN). MODEL
+# defaults to the shipped model.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin="$root/build/micromoe"
+bin=${MICROMOE_BIN:-$root/build/micromoe}
 model=${1:-$root/models/micromoe-tiny-8x256.gguf}
 prompt=${2:-The license}
 [ -x "$bin" ] || { echo "local-cluster: build first ($bin is missing)" >&2; exit 1; }
