@@ -130,7 +130,9 @@ TEST_F(GenerateTest, StopsAfterMaxTokensAndIsDeterministicPerSeed) {
   EXPECT_EQ(a, b);
   EXPECT_EQ(ra->tokens, a);
   EXPECT_LE(a.size(), 10u);
-  if (ra->finish == FinishReason::kLength) EXPECT_EQ(a.size(), 10u);
+  if (ra->finish == FinishReason::kLength) {
+    EXPECT_EQ(a.size(), 10u);
+  }
 }
 
 TEST_F(GenerateTest, CallbackCanCancel) {
