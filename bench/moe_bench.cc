@@ -344,7 +344,7 @@ class RemoteSetup {
       error_ = "cannot write the model: " + std::string(s.message());
       return;
     }
-    auto model = runtime::Model::Load(model_path_, runtime::LoadOptions{false});
+    auto model = runtime::Model::Load(model_path_, runtime::LoadOptions{.load_tokenizer = false});
     if (!model.ok()) {
       error_ = "cannot load the model: " + std::string(model.status().message());
       return;

@@ -73,7 +73,7 @@ struct LoadOptions {
   // and whether to pack the other matrices (attention, output head, shared
   // expert). Matrices that run elsewhere (experts on other nodes; everything
   // but the held experts on an expert node) then take no memory here.
-  std::function<bool(const HParams& hp, int layer, int expert)> pack_expert;
+  std::function<bool(const HParams& hp, int layer, int expert)> pack_expert = nullptr;
   bool pack_other_matrices = true;
 };
 

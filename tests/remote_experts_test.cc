@@ -712,7 +712,7 @@ TEST(RemoteLatency, OneLayerRoundTrip) {
     path = WriteModel("latency", spec);
     own_file = true;
   }
-  auto model = runtime::Model::Load(path, runtime::LoadOptions{false});
+  auto model = runtime::Model::Load(path, runtime::LoadOptions{.load_tokenizer = false});
   ASSERT_TRUE(model.ok()) << model.status();
   auto node = StartNode(path, "0:0-1");
   ASSERT_TRUE(node);
@@ -766,7 +766,7 @@ TEST(RemoteLatency, OneLayerRoundTrip) {
 TEST(RemoteThroughput, HalfTheExpertsOnANode) {
   const char* path = std::getenv("MICROMOE_THROUGHPUT_MODEL");
   if (path == nullptr) GTEST_SKIP() << "set MICROMOE_THROUGHPUT_MODEL to a model file";
-  auto model = runtime::Model::Load(path, runtime::LoadOptions{false});
+  auto model = runtime::Model::Load(path, runtime::LoadOptions{.load_tokenizer = false});
   ASSERT_TRUE(model.ok()) << model.status();
   runtime::Model& m = **model;
   const auto& hp = m.hparams();
