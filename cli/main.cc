@@ -21,6 +21,7 @@
 #include "server/expert_node.h"
 #include "kernels/cpu_features.h"
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "runtime/chat_template.h"
 #include "runtime/generate.h"
 #include "runtime/model.h"
@@ -87,6 +88,8 @@ int RunInspect(const std::string& path, bool cpu) {
                 f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl, f.avx512vnni, f.avx512bf16,
                 f.amx_tile, f.amx_int8, f.amx_bf16);
     std::printf("kernels: %s\n", kernels::Active().name);
+    // Q8_0 / Q4_0 matrices are repacked at load when the kernels compute with the packed layout.
+    std::printf("repacked at load: %s\n", kernels::CanPack(gguf::TensorType::kQ8_0) ? "q8_0 q4_0" : "none");
     if (path.empty()) return 0;
   }
   auto model = Model::Load(path);

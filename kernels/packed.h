@@ -4,7 +4,7 @@
 // (no horizontal sums; one load brings the 16 rows' block scales).
 //
 // One group of 16 rows with nb = cols / 32 blocks is laid out as
-//   quants: nb blocks of kChunks(type) chunks of 64 bytes; in block b, chunk k,
+//   quants: nb blocks of 8 (Q8_0) or 4 (Q4_0) chunks of 64 bytes; in block b, chunk k,
 //           bytes 4i..4i+3 belong to row i:
 //     Q8_0: 8 chunks; byte j is weight 4k+j of the block as an unsigned byte
 //           (int8 value + 128), so that u8 x s8 dot products apply;
@@ -33,7 +33,8 @@ uint64_t PackedGroupBytes(gguf::TensorType type, int64_t cols);
 // Memory for packed matrices: one reservation of address space (nothing is
 // resident until written), backed by transparent huge pages where the system
 // allows them (fewer page faults while packing, fewer TLB misses while
-// streaming weights), handed out in 64-byte aligned pieces.
+// streaming weights), handed out in 64-byte aligned pieces. Not thread-safe:
+// one loader packs into it; the packed data is then read-only.
 class PackedArena {
  public:
   explicit PackedArena(uint64_t capacity_bytes);
