@@ -85,8 +85,8 @@ int RunBench(const BenchArgs& a) {
   }
   const runtime::Model& m = **loaded;
   const runtime::HParams& hp = m.hparams();
-  if (a.n_prompt + a.n_gen + 1 > hp.n_ctx_train) {
-    std::fprintf(stderr, "error: -p + -n exceed the model's context of %d\n", hp.n_ctx_train);
+  if (a.depth < 0 || static_cast<int64_t>(a.depth) + a.n_prompt + a.n_gen + 1 > hp.n_ctx_train) {
+    std::fprintf(stderr, "error: -d + -p + -n exceed the model's context of %d (or -d < 0)\n", hp.n_ctx_train);
     return 1;
   }
   const kernels::CpuFeatures& cpu = kernels::GetCpuFeatures();
@@ -100,8 +100,20 @@ int RunBench(const BenchArgs& a) {
 
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> token(0, hp.n_vocab - 1);
-  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), a.n_prompt + a.n_gen + 1, 1);
+  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), a.depth + a.n_prompt + a.n_gen + 1, 1);
   std::vector<float> logits;
+  // The context both tests start from: `depth` tokens already in the cache
+  // (positions past it are overwritten by each test), or one token for tg.
+  auto fill_context = [&](int n) -> bool {
+    if (!kv.Start(0).ok()) return false;
+    for (int begin = 0; begin < n; begin += 512) {
+      std::vector<runtime::BatchRow> rows;
+      for (int i = begin; i < std::min(n, begin + 512); ++i) rows.push_back({token(rng), i, 0, i + 1 == n});
+      if (!runtime::Forward(m, rows, kv, &logits).ok()) return false;
+    }
+    return true;
+  };
+  const std::string at_depth = a.depth > 0 ? StrCat(" @ d", a.depth) : "";
   nlohmann::json rows = nlohmann::json::array();
   struct Row {
     int threads;
@@ -116,23 +128,23 @@ int RunBench(const BenchArgs& a) {
     bandwidth[threads] = kernels::MeasureReadBandwidth();
     std::vector<double> pp, tg;
     for (int rep = -1; rep < a.repetitions; ++rep) {  // rep -1 warms up (page faults, caches)
-      // Prompt processing: n_prompt tokens in one batch.
-      if (!kv.Start(0).ok()) return 1;
+      // Prompt processing: n_prompt tokens in one batch after `depth` of context.
+      if (!fill_context(a.depth)) return 1;
       std::vector<runtime::BatchRow> batch(a.n_prompt);
-      for (int i = 0; i < a.n_prompt; ++i) batch[i] = {token(rng), i, 0, i + 1 == a.n_prompt};
+      for (int i = 0; i < a.n_prompt; ++i) batch[i] = {token(rng), a.depth + i, 0, i + 1 == a.n_prompt};
       auto t = Clock::now();
       if (auto s = runtime::Forward(m, batch, kv, &logits); !s.ok()) {
         std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
         return 1;
       }
       const double pp_s = Seconds(t);
-      // Generation: n_gen single-token steps after one token of context.
-      if (!kv.Start(0).ok()) return 1;
-      batch.assign(1, {token(rng), 0, 0, true});
-      if (!runtime::Forward(m, batch, kv, &logits).ok()) return 1;
+      // Generation: n_gen single-token steps after `depth` tokens of context
+      // (at least one).
+      const int context = std::max(1, a.depth);
+      if (a.depth == 0 && !fill_context(context)) return 1;
       t = Clock::now();
       for (int i = 0; i < a.n_gen; ++i) {
-        batch.assign(1, {token(rng), i + 1, 0, true});
+        batch.assign(1, {token(rng), context + i, 0, true});
         if (!runtime::Forward(m, batch, kv, &logits).ok()) return 1;
       }
       const double tg_s = Seconds(t);
@@ -141,11 +153,15 @@ int RunBench(const BenchArgs& a) {
         tg.push_back(a.n_gen / tg_s);
       }
     }
-    table.push_back({threads, StrCat("pp", a.n_prompt), Summarise(pp)});
-    table.push_back({threads, StrCat("tg", a.n_gen), Summarise(tg)});
+    table.push_back({threads, StrCat("pp", a.n_prompt, at_depth), Summarise(pp)});
+    table.push_back({threads, StrCat("tg", a.n_gen, at_depth), Summarise(tg)});
   }
 
-  const uint64_t active = ActiveBytesPerToken(m);
+  // Bytes one generated token reads: the active weights, and the K and V
+  // (F32) of every earlier position in every layer, on average over the test.
+  const uint64_t kv_read = static_cast<uint64_t>(hp.n_layer) * hp.kv_dim() * 2 * sizeof(float) *
+                           static_cast<uint64_t>(std::max(1, a.depth) + a.n_gen / 2);
+  const uint64_t active = ActiveBytesPerToken(m) + kv_read;
   if (a.json) {
     for (const Row& r : table) {
       rows.push_back({{"model", model_name}, {"size_bytes", m.file().size()}, {"params", m.n_params()},
@@ -162,7 +178,8 @@ int RunBench(const BenchArgs& a) {
       std::printf("| %s | %.2f GiB | %.2f B | %s | %d | %s | %.2f ± %.2f |\n", model_name.c_str(), size_gib, params_b,
                   backend.c_str(), r.threads, r.test.c_str(), r.ts.mean, r.ts.sd);
     }
-    std::printf("\nactive weights per generated token: %.1f MiB\n", active / 1048576.0);
+    std::printf("\nactive weights per generated token: %.1f MiB, KV cache read: %.1f MiB\n",
+                (active - kv_read) / 1048576.0, kv_read / 1048576.0);
     for (const auto& [threads, bw] : bandwidth) {
       const double bound = bw / active;
       double tg = 0;

@@ -12,6 +12,7 @@ struct BenchArgs {
   std::string model;
   int n_prompt = 128;
   int n_gen = 64;
+  int depth = 0;  // tokens already in the KV cache when each test starts
   std::vector<int> threads = {1, 2};
   int repetitions = 3;
   bool json = false;

@@ -334,6 +334,8 @@ int main(int argc, char** argv) {
   bench->add_option("-m,--model", bench_args.model, kModelHelp);
   bench->add_option("-p,--n-prompt", bench_args.n_prompt, "prompt tokens (default 128)");
   bench->add_option("-n,--n-gen", bench_args.n_gen, "generated tokens (default 64)");
+  bench->add_option("-d,--depth", bench_args.depth, "tokens of context already in the KV cache (default 0)")
+      ->check(CLI::Range(0, 1 << 20));
   bench->add_option("-t,--threads", bench_args.threads, "thread counts, comma separated (default 1,2)")->delimiter(',');
   bench->add_option("-r,--repetitions", bench_args.repetitions, "repetitions (default 3)");
   bench->add_flag("--json", bench_args.json, "print the rows as a JSON array");

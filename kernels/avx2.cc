@@ -276,6 +276,36 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
   }
 }
 
+void DotRowsF32(const float* q, uint64_t ld_q, int n_q, const float* rows, uint64_t stride, int64_t n, int64_t dim,
+                float* out, uint64_t ld_out) {
+  for (int h = 0; h < n_q; ++h) {
+    for (int64_t t = 0; t < n; ++t) out[h * ld_out + t] = DotF32(q + h * ld_q, rows + t * stride, dim);
+  }
+}
+
+void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
+                     int64_t dim, float* out, uint64_t ld_out) {
+  for (int h = 0; h < n_q; ++h) {
+    // 32 columns at a time stay in registers across all rows; the tail by axpy.
+    const float* wh = w + h * ld_w;
+    float* oh = out + h * ld_out;
+    int64_t c = 0;
+    for (; c + 32 <= dim; c += 32) {
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t t = 0; t < n; ++t) {
+        const __m256 wt = _mm256_set1_ps(wh[t]);
+        const float* r = rows + t * stride + c;
+        for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(wt, _mm256_loadu_ps(r + 8 * j), acc[j]);
+      }
+      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(oh + c + 8 * j, acc[j]);
+    }
+    if (c < dim) {
+      for (int64_t i = c; i < dim; ++i) oh[i] = 0;
+      for (int64_t t = 0; t < n; ++t) AxpyF32(wh[t], rows + t * stride + c, oh + c, dim - c);
+    }
+  }
+}
+
 }  // namespace
 
 const KernelSet* Avx2Kernels() {
@@ -285,7 +315,7 @@ const KernelSet* Avx2Kernels() {
                                 OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
                                 nullptr, nullptr,  // no VNNI: weights stay unpacked
-                                GemmF32X16};
+                                GemmF32X16, DotRowsF32, WeightedRowsF32};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;
 }

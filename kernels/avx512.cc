@@ -3,6 +3,8 @@
 // wider form here reuse nothing from the AVX2 file: each ISA file stands alone.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include <type_traits>
 
 #include "kernels/cpu_features.h"
@@ -340,6 +342,96 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
   }
 }
 
+// Heads of up to 64 dimensions, up to four query heads per pass: each cached
+// row is loaded once (four registers) for all of them.
+template <int kHeads>
+void DotRows64(const float* q, uint64_t ld_q, const float* rows, uint64_t stride, int64_t n, const __mmask16* m,
+               float* out, uint64_t ld_out) {
+  __m512 qv[kHeads][4];
+  for (int h = 0; h < kHeads; ++h) {
+    for (int j = 0; j < 4; ++j) qv[h][j] = _mm512_maskz_loadu_ps(m[j], q + h * ld_q + 16 * j);
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const float* r = rows + t * stride;
+    __m512 rv[4];
+    for (int j = 0; j < 4; ++j) rv[j] = _mm512_maskz_loadu_ps(m[j], r + 16 * j);
+    for (int h = 0; h < kHeads; ++h) {
+      __m512 acc = _mm512_mul_ps(qv[h][0], rv[0]);
+      for (int j = 1; j < 4; ++j) acc = _mm512_fmadd_ps(qv[h][j], rv[j], acc);
+      out[h * ld_out + t] = _mm512_reduce_add_ps(acc);
+    }
+  }
+}
+
+template <int kHeads>
+void WeightedRows64(const float* w, uint64_t ld_w, const float* rows, uint64_t stride, int64_t n, const __mmask16* m,
+                    float* out, uint64_t ld_out) {
+  __m512 acc[kHeads][4];
+  for (int h = 0; h < kHeads; ++h) {
+    for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const float* r = rows + t * stride;
+    __m512 rv[4];
+    for (int j = 0; j < 4; ++j) rv[j] = _mm512_maskz_loadu_ps(m[j], r + 16 * j);
+    for (int h = 0; h < kHeads; ++h) {
+      const __m512 wt = _mm512_set1_ps(w[h * ld_w + t]);
+      for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_fmadd_ps(wt, rv[j], acc[h][j]);
+    }
+  }
+  for (int h = 0; h < kHeads; ++h) {
+    for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(out + h * ld_out + 16 * j, m[j], acc[h][j]);
+  }
+}
+
+void LaneMasks(int64_t dim, __mmask16* m) {
+  for (int j = 0; j < 4; ++j) {
+    const int64_t left = std::clamp<int64_t>(dim - 16 * j, 0, 16);
+    m[j] = static_cast<__mmask16>((1u << left) - 1);
+  }
+}
+
+void DotRowsF32(const float* q, uint64_t ld_q, int n_q, const float* rows, uint64_t stride, int64_t n, int64_t dim,
+                float* out, uint64_t ld_out) {
+  if (dim > 64) {
+    for (int h = 0; h < n_q; ++h) {
+      for (int64_t t = 0; t < n; ++t) out[h * ld_out + t] = DotF32(q + h * ld_q, rows + t * stride, dim);
+    }
+    return;
+  }
+  __mmask16 m[4];
+  LaneMasks(dim, m);
+  for (int h = 0; h < n_q; h += 4) {
+    const float* qh = q + h * ld_q;
+    float* oh = out + h * ld_out;
+    switch (std::min(4, n_q - h)) {
+      case 1: DotRows64<1>(qh, ld_q, rows, stride, n, m, oh, ld_out); break;
+      case 2: DotRows64<2>(qh, ld_q, rows, stride, n, m, oh, ld_out); break;
+      case 3: DotRows64<3>(qh, ld_q, rows, stride, n, m, oh, ld_out); break;
+      default: DotRows64<4>(qh, ld_q, rows, stride, n, m, oh, ld_out); break;
+    }
+  }
+}
+
+void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
+                     int64_t dim, float* out, uint64_t ld_out) {
+  // 64 columns at a time stay in registers across all rows.
+  for (int64_t c = 0; c < dim; c += 64) {
+    __mmask16 m[4];
+    LaneMasks(dim - c, m);
+    for (int h = 0; h < n_q; h += 4) {
+      const float* wh = w + h * ld_w;
+      float* oh = out + h * ld_out + c;
+      switch (std::min(4, n_q - h)) {
+        case 1: WeightedRows64<1>(wh, ld_w, rows + c, stride, n, m, oh, ld_out); break;
+        case 2: WeightedRows64<2>(wh, ld_w, rows + c, stride, n, m, oh, ld_out); break;
+        case 3: WeightedRows64<3>(wh, ld_w, rows + c, stride, n, m, oh, ld_out); break;
+        default: WeightedRows64<4>(wh, ld_w, rows + c, stride, n, m, oh, ld_out); break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 const KernelSet* Avx512Kernels() {
@@ -348,7 +440,7 @@ const KernelSet* Avx512Kernels() {
                                 QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
                                 OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
-                                GemmF32X16};
+                                GemmF32X16, DotRowsF32, WeightedRowsF32};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c) ? &set : nullptr;
 }

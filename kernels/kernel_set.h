@@ -59,6 +59,16 @@ struct KernelSet {
   // row r at x + r * ldx: out[r * 16 + i] = dot(weight row i, activation row r).
   // The prompt path of F16 / BF16 weights converts 16 rows once into this form.
   void (*gemm_f32_x16)(const float* wt, int64_t cols, const float* x, int64_t ldx, int n_x, float* out);
+  // Attention of n_q query heads sharing one KV head (grouped-query
+  // attention) over n cached rows of `dim` floats, row t at rows + t * stride,
+  // each row read once for all heads. Head h's query, weights and output are
+  // at q / w / out + h * ld. dot_rows: out[h][t] = dot(q[h], row t) (the
+  // scores); weighted_rows: out[h][i] = sum_t w[h][t] * row t [i] for i < dim
+  // (the weighted values; out is overwritten).
+  void (*dot_rows_f32)(const float* q, uint64_t ld_q, int n_q, const float* rows, uint64_t stride, int64_t n,
+                       int64_t dim, float* out, uint64_t ld_out);
+  void (*weighted_rows_f32)(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
+                            int64_t dim, float* out, uint64_t ld_out);
 };
 
 // Plain C++ reference; always available.

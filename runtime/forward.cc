@@ -105,26 +105,30 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
       std::copy_n(kr, kvd, kv.k(il, rows[r].seq, rows[r].pos));
       std::copy_n(v.data() + static_cast<size_t>(r) * kvd, kvd, kv.v(il, rows[r].seq, rows[r].pos));
     }
-    // Causal attention: each row sees its sequence's positions 0..pos.
-    tbb::parallel_for(tbb::blocked_range<int>(0, n * hp.n_head), [&](const tbb::blocked_range<int>& range) {
+    // Causal attention: each row sees its sequence's positions 0..pos. One job
+    // per (row, KV head) takes the `group` query heads that share it, so each
+    // cached K and V row is read once for all of them.
+    tbb::parallel_for(tbb::blocked_range<int>(0, n * hp.n_head_kv), [&](const tbb::blocked_range<int>& range) {
       const kernels::KernelSet& ks = kernels::Active();
       std::vector<float> scores;
       for (int job = range.begin(); job < range.end(); ++job) {
-        const int r = job / hp.n_head, h = job % hp.n_head;
-        const int kvh = h / group, len = rows[r].pos + 1, seq = rows[r].seq;
-        const float* qh = q.data() + static_cast<size_t>(r) * qd + h * hd;
-        scores.resize(len);
-        float mx = -INFINITY;
-        for (int t = 0; t < len; ++t) {
-          scores[t] = ks.dot_f32(qh, kv.k(il, seq, t) + kvh * hd, hd) * kq_scale;
-          mx = std::max(mx, scores[t]);
+        const int r = job / hp.n_head_kv, kvh = job % hp.n_head_kv;
+        const int len = rows[r].pos + 1, seq = rows[r].seq;
+        const float* qh = q.data() + static_cast<size_t>(r) * qd + kvh * group * hd;
+        scores.resize(static_cast<size_t>(group) * len);
+        // Positions of a sequence are consecutive rows of kv_dim floats in the cache.
+        ks.dot_rows_f32(qh, hd, group, kv.k(il, seq, 0) + kvh * hd, kvd, len, hd, scores.data(), len);
+        for (int g = 0; g < group; ++g) {
+          float* s = scores.data() + static_cast<size_t>(g) * len;
+          float mx = -INFINITY;
+          for (int t = 0; t < len; ++t) mx = std::max(mx, s[t] *= kq_scale);
+          double sum = 0;
+          for (int t = 0; t < len; ++t) sum += s[t] = std::exp(s[t] - mx);
+          const float inv = static_cast<float>(1.0 / sum);
+          for (int t = 0; t < len; ++t) s[t] *= inv;
         }
-        double sum = 0;
-        for (int t = 0; t < len; ++t) sum += scores[t] = std::exp(scores[t] - mx);
-        const float inv = static_cast<float>(1.0 / sum);
-        float* out = attn.data() + static_cast<size_t>(r) * qd + h * hd;
-        std::fill_n(out, hd, 0.0f);
-        for (int t = 0; t < len; ++t) ks.axpy_f32(scores[t] * inv, kv.v(il, seq, t) + kvh * hd, out, hd);
+        ks.weighted_rows_f32(scores.data(), len, group, kv.v(il, seq, 0) + kvh * hd, kvd, len, hd,
+                             attn.data() + static_cast<size_t>(r) * qd + kvh * group * hd, hd);
       }
     });
     experts::ParallelMatMul(L.wo, attn.data(), qd, n, ffn_out.data(), d);
