@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "kernels/cpu_features.h"
+#include "kernels/dot_rows.h"
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
 
@@ -276,13 +277,6 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
   }
 }
 
-void DotRowsF32(const float* q, uint64_t ld_q, int n_q, const float* rows, uint64_t stride, int64_t n, int64_t dim,
-                float* out, uint64_t ld_out) {
-  for (int h = 0; h < n_q; ++h) {
-    for (int64_t t = 0; t < n; ++t) out[h * ld_out + t] = DotF32(q + h * ld_q, rows + t * stride, dim);
-  }
-}
-
 void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
                      int64_t dim, float* out, uint64_t ld_out) {
   for (int h = 0; h < n_q; ++h) {
@@ -315,7 +309,7 @@ const KernelSet* Avx2Kernels() {
                                 OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
                                 nullptr, nullptr,  // no VNNI: weights stay unpacked
-                                GemmF32X16, DotRowsF32, WeightedRowsF32};
+                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;
 }

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "kernels/cpu_features.h"
+#include "kernels/dot_rows.h"
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
 
@@ -393,12 +394,7 @@ void LaneMasks(int64_t dim, __mmask16* m) {
 
 void DotRowsF32(const float* q, uint64_t ld_q, int n_q, const float* rows, uint64_t stride, int64_t n, int64_t dim,
                 float* out, uint64_t ld_out) {
-  if (dim > 64) {
-    for (int h = 0; h < n_q; ++h) {
-      for (int64_t t = 0; t < n; ++t) out[h * ld_out + t] = DotF32(q + h * ld_q, rows + t * stride, dim);
-    }
-    return;
-  }
+  if (dim > 64) return DotRowsEach<DotF32>(q, ld_q, n_q, rows, stride, n, dim, out, ld_out);
   __mmask16 m[4];
   LaneMasks(dim, m);
   for (int h = 0; h < n_q; h += 4) {

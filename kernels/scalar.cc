@@ -3,6 +3,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/dot_rows.h"
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
 
@@ -261,13 +262,6 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
   }
 }
 
-void DotRowsF32(const float* q, uint64_t ld_q, int n_q, const float* rows, uint64_t stride, int64_t n, int64_t dim,
-                float* out, uint64_t ld_out) {
-  for (int h = 0; h < n_q; ++h) {
-    for (int64_t t = 0; t < n; ++t) out[h * ld_out + t] = DotF32(q + h * ld_q, rows + t * stride, dim);
-  }
-}
-
 void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
                      int64_t dim, float* out, uint64_t ld_out) {
   for (int h = 0; h < n_q; ++h) {
@@ -286,7 +280,7 @@ const KernelSet& ScalarKernels() {
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
                                 QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, Dot4<DotQ4_KQ8_K>,
                                 Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>,
-                                GemmF32X16, DotRowsF32, WeightedRowsF32};
+                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32};
   return set;
 }
 
