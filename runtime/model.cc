@@ -217,6 +217,14 @@ absl::Status Model::Build(const LoadOptions& options) {
     token_embd_ = View(**t);
   }
   const bool pack_other = options.pack_weights && options.pack_other_matrices;
+  LoadOptions::ExpertMask pack_mask;
+  if (options.pack_weights && options.experts_to_pack && hp_.n_expert > 0) {
+    pack_mask = options.experts_to_pack(hp_);
+    if (pack_mask.size() != static_cast<size_t>(hp_.n_layer)) pack_mask.clear();  // malformed: pack every expert
+    for (const auto& layer : pack_mask) {
+      if (layer.size() != static_cast<size_t>(hp_.n_expert)) pack_mask.clear();
+    }
+  }
   {
     auto t = GetTensor(f, "output_norm.weight", {d});
     if (!t.ok()) return t.status();
@@ -275,7 +283,7 @@ absl::Status Model::Build(const LoadOptions& options) {
       MICROMOE_TENSOR(down, need("ffn_down_exps.weight", {ff, d, ne}));
       L.router = std::make_unique<router::Router>(View(*gate_inp), hp_.gating);
       for (int e = 0; e < ne; ++e) {
-        const bool pack_e = options.pack_weights && (!options.pack_expert || options.pack_expert(hp_, il, e));
+        const bool pack_e = options.pack_weights && (pack_mask.empty() || pack_mask[il][e]);
         L.local_experts.push_back(std::make_unique<experts::LocalExpert>(
             Matrix(*gate, e, pack_e), Matrix(*up, e, pack_e), Matrix(*down, e, pack_e)));
         expert_table_[il].push_back(L.local_experts.back().get());

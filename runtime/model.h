@@ -69,11 +69,13 @@ struct LoadOptions {
   // Repack Q8_0 / Q4_0 matrices for the integer kernels (kernels/packed.h) and
   // release the mapped pages they replace. Off: compute from the mapping.
   bool pack_weights = true;
-  // With pack_weights: which routed experts to pack (every one when empty),
+  // With pack_weights: which routed experts to pack, as [layer][expert]
+  // (called once, with the file's hyper-parameters; every expert when empty),
   // and whether to pack the other matrices (attention, output head, shared
   // expert). Matrices that run elsewhere (experts on other nodes; everything
   // but the held experts on an expert node) then take no memory here.
-  std::function<bool(const HParams& hp, int layer, int expert)> pack_expert = nullptr;
+  using ExpertMask = std::vector<std::vector<bool>>;
+  std::function<ExpertMask(const HParams& hp)> experts_to_pack = nullptr;
   bool pack_other_matrices = true;
 };
 

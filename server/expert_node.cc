@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -302,9 +303,13 @@ int RunExpertNode(const ExpertNodeArgs& args) {
   load.load_tokenizer = false;
   // Only the held experts are packed: the rest of the model takes no memory here.
   load.pack_other_matrices = false;
-  load.pack_expert = [spec = args.experts_spec](const runtime::HParams& hp, int layer, int expert) {
-    auto held = experts::ParseExpertSpec(spec, hp.n_layer, hp.n_expert);
-    return held.ok() && std::find(held->begin(), held->end(), std::pair<int, int>{layer, expert}) != held->end();
+  // Spec errors are reported below, after loading.
+  load.experts_to_pack = [spec = args.experts_spec](const runtime::HParams& hp) {
+    runtime::LoadOptions::ExpertMask held(hp.n_layer, std::vector<bool>(hp.n_expert, false));
+    if (auto parsed = experts::ParseExpertSpec(spec, hp.n_layer, hp.n_expert); parsed.ok()) {
+      for (const auto& [l, e] : *parsed) held[l][e] = true;
+    }
+    return held;
   };
   auto model = runtime::Model::Load(args.model, load);
   if (!model.ok()) return Fail(std::string(model.status().message()));

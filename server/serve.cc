@@ -38,17 +38,14 @@ int RunServe(const ServeArgs& args) {
   std::fprintf(stderr, "loading %s\n", args.model.c_str());
   runtime::LoadOptions load;
   if (!args.placement.empty()) {
-    // Experts placed on other nodes are not packed here (they never run here).
-    // The file is read once, on the first call; errors are reported below.
-    auto placed = std::make_shared<std::vector<std::vector<bool>>>();
-    load.pack_expert = [path = args.placement, placed](const runtime::HParams& hp, int layer, int expert) {
-      if (placed->empty()) {
-        placed->assign(hp.n_layer, std::vector<bool>(hp.n_expert, false));
-        if (auto p = experts::ParsePlacementFile(path, hp.n_layer, hp.n_expert); p.ok()) {
-          for (const experts::PlacedExpert& e : p->experts) (*placed)[e.layer][e.expert] = true;
-        }
+    // Experts placed on other nodes are not packed here (they never run
+    // here). Placement errors are reported below, after loading.
+    load.experts_to_pack = [path = args.placement](const runtime::HParams& hp) {
+      runtime::LoadOptions::ExpertMask local(hp.n_layer, std::vector<bool>(hp.n_expert, true));
+      if (auto p = experts::ParsePlacementFile(path, hp.n_layer, hp.n_expert); p.ok()) {
+        for (const experts::PlacedExpert& e : p->experts) local[e.layer][e.expert] = false;
       }
-      return !(*placed)[layer][expert];
+      return local;
     };
   }
   auto model = runtime::Model::Load(args.model, load);

@@ -192,7 +192,11 @@ TEST(PackedModelTest, SameLogitsAndOnlyTheRequestedMatricesPacked) {
   plain.pack_weights = false;
   LoadOptions node;
   node.pack_other_matrices = false;
-  node.pack_expert = [](const HParams&, int layer, int expert) { return layer == 1 && expert == 2; };
+  node.experts_to_pack = [](const HParams& hp) {
+    LoadOptions::ExpertMask mask(hp.n_layer, std::vector<bool>(hp.n_expert, false));
+    mask[1][2] = true;
+    return mask;
+  };
   std::unique_ptr<Model> m_plain, m_packed, m_node;
   const std::vector<float> a = logits_of(plain, &m_plain), b = logits_of({}, &m_packed), c = logits_of(node, &m_node);
   ASSERT_EQ(a.size(), b.size());
