@@ -110,12 +110,12 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
     // cached K and V row is read once for all of them.
     tbb::parallel_for(tbb::blocked_range<int>(0, n * hp.n_head_kv), [&](const tbb::blocked_range<int>& range) {
       const kernels::KernelSet& ks = kernels::Active();
-      std::vector<float> scores;
+      Scratch<float> scores;
       for (int job = range.begin(); job < range.end(); ++job) {
         const int r = job / hp.n_head_kv, kvh = job % hp.n_head_kv;
         const int len = rows[r].pos + 1, seq = rows[r].seq;
         const float* qh = q.data() + static_cast<size_t>(r) * qd + kvh * group * hd;
-        scores.resize(static_cast<size_t>(group) * len);
+        scores.Resize(static_cast<size_t>(group) * len);
         // Positions of a sequence are consecutive rows of kv_dim floats in the cache.
         ks.dot_rows_f32(qh, hd, group, kv.k(il, seq, 0) + kvh * hd, kvd, len, hd, scores.data(), len);
         for (int g = 0; g < group; ++g) {

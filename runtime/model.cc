@@ -3,8 +3,6 @@
 #include <cmath>
 #include <optional>
 
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "base/str_cat.h"
 
@@ -80,15 +78,6 @@ std::vector<float> ToFloats(const TensorInfo& t) {
   return v;
 }
 
-// Drops the mapped file pages wholly inside [p, p + n) from this process
-// (they are read back from the file if touched again).
-void ReleaseMappedPages(const uint8_t* p, uint64_t n) {
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const uint64_t begin = (reinterpret_cast<uint64_t>(p) + page - 1) / page * page;
-  const uint64_t end = (reinterpret_cast<uint64_t>(p) + n) / page * page;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
-
 }  // namespace
 
 kernels::MatrixView Model::Matrix(const TensorInfo& t, int64_t slice, bool pack) {
@@ -105,7 +94,7 @@ kernels::MatrixView Model::Matrix(const TensorInfo& t, int64_t slice, bool pack)
     packed_ = std::make_unique<kernels::PackedArena>(capacity);
   }
   m = packed_->Pack(m);
-  ReleaseMappedPages(m.data, static_cast<uint64_t>(m.packed_rows) * m.row_bytes);
+  file_->DropPages(m.data, static_cast<uint64_t>(m.packed_rows) * m.row_bytes);  // the packed copy replaces them
   return m;
 }
 
