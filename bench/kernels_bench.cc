@@ -345,6 +345,7 @@ void RegisterAll(const Bandwidth& bw) {
   std::vector<const KernelSet*> backends = {&kernels::ScalarKernels()};
   if (const KernelSet* k = kernels::Avx2Kernels()) backends.push_back(k);
   if (const KernelSet* k = kernels::Avx512Kernels()) backends.push_back(k);
+  if (const KernelSet* k = kernels::AmxKernels()) backends.push_back(k);  // its packed GEMM; the rest is avx512's
   for (const RowKernelInfo& rk : kRowKernels) {
     for (const KernelSet* ks : backends) {
       benchmark::RegisterBenchmark((std::string("row/") + rk.name + "/" + ks->name).c_str(), BM_RowKernel, ks,

@@ -6,6 +6,8 @@
 
 namespace micromoe::kernels {
 
+constexpr int kMaxPackedTileRows = 16;
+
 struct KernelSet {
   const char* name;
   // sum_i a[i] * b[i]
@@ -69,6 +71,9 @@ struct KernelSet {
                        int64_t dim, float* out, uint64_t ld_out);
   void (*weighted_rows_f32)(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
                             int64_t dim, float* out, uint64_t ld_out);
+  // The most activation rows gemm_q8_0_x16 / gemm_q4_0_x16 take per call
+  // (at most kMaxPackedTileRows).
+  int packed_tile_rows = 4;
 };
 
 // Plain C++ reference; always available.
@@ -76,5 +81,12 @@ const KernelSet& ScalarKernels();
 // nullptr when the CPU lacks the instruction set.
 const KernelSet* Avx2Kernels();
 const KernelSet* Avx512Kernels();
+// AVX-512 with AMX-INT8 tiles for packed prompt tiles of 5..16 rows (amx.cc);
+// nullptr unless the CPU has AMX, Linux grants the tile state and the tiles
+// agree with their emulation at start-up.
+const KernelSet* AmxKernels();
+// The same kernel over a C++ emulation of the tiles, for tests on machines
+// without AMX (slow; never picked by Active()). nullptr without AVX-512.
+const KernelSet* AmxEmulatedKernels();
 
 }  // namespace micromoe::kernels

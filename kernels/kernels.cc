@@ -101,6 +101,8 @@ const KernelSet& Choose() {
   const std::string want = cap ? cap : "";
   if (want == "scalar") return ScalarKernels();
   if (want == "avx2" && Avx2Kernels()) return *Avx2Kernels();
+  if (want == "avx512" && Avx512Kernels()) return *Avx512Kernels();
+  if (const KernelSet* k = AmxKernels()) return *k;
   if (const KernelSet* k = Avx512Kernels()) return *k;
   if (const KernelSet* k = Avx2Kernels()) return *k;
   return ScalarKernels();
@@ -175,18 +177,18 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
 namespace {
 
 // Rows [o_begin, o_end) within the packed rows, a group of 16 rows and up to
-// four activation rows per kernel call; each group's weights (a few KiB) stay
-// in L1 while every activation tile passes over them.
+// ks.packed_tile_rows activation rows per kernel call; each group's weights (a
+// few KiB) stay in L1 while every activation tile passes over them.
 void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
-                      int64_t o_end, KernelSet::GemmX16 gemm) {
+                      int64_t o_end, KernelSet::GemmX16 gemm, int tile_rows) {
   const int64_t nb = w.cols / kQK;
   const int64_t n_x = x.n_rows();
-  float out[4 * kPackRows];
+  float out[kMaxPackedTileRows * kPackRows];
   for (int64_t g = o_begin / kPackRows; g * kPackRows < o_end; ++g) {
     const uint8_t* group = w.packed + static_cast<uint64_t>(g) * w.packed_group_bytes;
     const int64_t first = std::max(o_begin, g * kPackRows), last = std::min(o_end, (g + 1) * kPackRows);
-    for (int64_t r = 0; r < n_x; r += 4) {
-      const int tile = static_cast<int>(std::min<int64_t>(4, n_x - r));
+    for (int64_t r = 0; r < n_x; r += tile_rows) {
+      const int tile = static_cast<int>(std::min<int64_t>(tile_rows, n_x - r));
       gemm(group, nb, static_cast<const uint8_t*>(x.q8_row(r)), x.q8_row_bytes(), x.terms_row(r),
            x.terms_stride(), tile, out);
       for (int t = 0; t < tile; ++t) {
@@ -223,7 +225,7 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
   if (x.quantized() && w.packed != nullptr && CanPack(w.type, ks) && o_begin < w.packed_rows) {
     const int64_t packed_end = std::min(o_end, w.packed_rows);
     MatMulPackedRows(w, x, y, ldy, o_begin, packed_end,
-                     w.type == TensorType::kQ8_0 ? ks.gemm_q8_0_x16 : ks.gemm_q4_0_x16);
+                     w.type == TensorType::kQ8_0 ? ks.gemm_q8_0_x16 : ks.gemm_q4_0_x16, ks.packed_tile_rows);
     o_begin = packed_end;
   }
   if (x.quantized()) {

@@ -244,6 +244,8 @@ const KernelSet* FindBackend(const std::string& name) {
   if (name == "scalar") return &ScalarKernels();
   if (name == "avx2") return Avx2Kernels();
   if (name == "avx512") return Avx512Kernels();
+  if (name == "amx") return AmxKernels();
+  if (name == "amx_emulated") return AmxEmulatedKernels();
   return nullptr;
 }
 
@@ -1127,7 +1129,7 @@ TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
     ASSERT_EQ(view.packed_rows, 3 * kPackRows);
     ASSERT_EQ(arena.used_bytes(), 3 * PackedGroupBytes(type, kCols));
     ASSERT_EQ(reinterpret_cast<uintptr_t>(view.packed) % 64, 0u);
-    for (int64_t n_x : {1, 2, 3, 4, 5, 9}) {
+    for (int64_t n_x : {1, 2, 3, 4, 5, 9, 16, 21}) {  // 16 and 21: full and split AMX tiles
       const std::vector<float> x = RandomFloats(rng_, n_x * kCols);
       std::vector<float> expect(n_x * kRows), got(n_x * kRows, kNaN);
       MatMul(plain, x.data(), kCols, n_x, expect.data(), kRows, ScalarKernels());
@@ -1283,13 +1285,16 @@ TEST(PackedWeightsTest, LayoutPutsFourWeightsOfEachRowPerLane) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllBackends, KernelSetTest, ::testing::Values("scalar", "avx2", "avx512"),
+INSTANTIATE_TEST_SUITE_P(AllBackends, KernelSetTest,
+                         ::testing::Values("scalar", "avx2", "avx512", "amx", "amx_emulated"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 TEST(KernelsTest, ActiveIsTheBestAvailableBackend) {
   if (std::getenv("MICROMOE_KERNELS") != nullptr) GTEST_SKIP() << "MICROMOE_KERNELS caps the choice";
   const KernelSet& active = Active();
-  if (Avx512Kernels() != nullptr) {
+  if (AmxKernels() != nullptr) {
+    EXPECT_EQ(&active, AmxKernels());
+  } else if (Avx512Kernels() != nullptr) {
     EXPECT_EQ(&active, Avx512Kernels());
   } else if (Avx2Kernels() != nullptr) {
     EXPECT_EQ(&active, Avx2Kernels());

@@ -1,0 +1,306 @@
+// AMX-INT8 tiles for the prompt path of packed Q8_0 / Q4_0 weights (layout in
+// packed.h). Everything else is the AVX-512 back-end's.
+//
+// One 32-column block is one tile product: A = the block's activation codes of
+// up to 16 activation rows (M x 32 signed bytes), B = the packed block (8 rows
+// of 64 bytes: row k holds weights 4k..4k+3 of each of the 16 weight rows, the
+// dword layout TDPBSUD reads), C = M x 16 int32. The packed weights are
+// unsigned (value + 128 for Q8_0, + 8 for Q4_0), so TDPBSUD (signed x
+// unsigned) applies and the activation-side terms remove the offset, as in the
+// VNNI kernel. Q4_0 blocks are unpacked to bytes first (low nibbles are B rows
+// 0..3, high nibbles rows 4..7). C is stored after each block and scaled in
+// float with AVX-512, since every block carries its own scales.
+//
+// The kernel is written once over a tile interface with two implementations:
+// the instructions, and a plain C++ emulation that follows Intel's pseudo-code.
+// Tests run the emulated form on any AVX-512 machine; on an AMX machine the
+// instruction form is checked against it at start-up before it is used.
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/kernel_set.h"
+#include "kernels/quant.h"
+
+namespace micromoe::kernels {
+namespace {
+
+// The 64-byte tile configuration LDTILECFG reads (palette 1).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(TileConfig) == 64);
+
+// Tiles: C0, C1 (results of an even and an odd block), A0, A1, B0, B1.
+enum Tile : int { kC0 = 0, kC1 = 1, kA0 = 2, kA1 = 3, kB0 = 4, kB1 = 5 };
+
+TileConfig ConfigFor(int m) {
+  TileConfig c;
+  for (int t : {kC0, kC1}) c.rows[t] = m, c.colsb[t] = 64;
+  for (int t : {kA0, kA1}) c.rows[t] = m, c.colsb[t] = 32;
+  for (int t : {kB0, kB1}) c.rows[t] = 8, c.colsb[t] = 64;
+  return c;
+}
+
+// GCC's tile intrinsics paste the tile number into the instruction text, so
+// it must be a literal: FOR_TILE picks the literal equal to T.
+#define MICROMOE_FOR_TILE(F) \
+  if constexpr (T == kC0) F(0); \
+  else if constexpr (T == kC1) F(1); \
+  else if constexpr (T == kA0) F(2); \
+  else if constexpr (T == kA1) F(3); \
+  else if constexpr (T == kB0) F(4); \
+  else F(5)
+
+struct HardwareTiles {
+  static void Configure(const TileConfig& c) { _tile_loadconfig(&c); }
+  static void Release() { _tile_release(); }
+  template <int T>
+  static void Zero() {
+#define MICROMOE_ZERO(n) _tile_zero(n)
+    MICROMOE_FOR_TILE(MICROMOE_ZERO);
+#undef MICROMOE_ZERO
+  }
+  template <int T>
+  static void Load(const void* p, uint64_t stride) {
+#define MICROMOE_LOAD(n) _tile_loadd(n, p, stride)
+    MICROMOE_FOR_TILE(MICROMOE_LOAD);
+#undef MICROMOE_LOAD
+  }
+  template <int T>
+  static void Store(void* p, uint64_t stride) {
+#define MICROMOE_STORE(n) _tile_stored(n, p, stride)
+    MICROMOE_FOR_TILE(MICROMOE_STORE);
+#undef MICROMOE_STORE
+  }
+  template <int C, int A, int B>
+  static void DotSignedUnsigned() {
+    static_assert((C == kC0 && A == kA0 && B == kB0) || (C == kC1 && A == kA1 && B == kB1));
+    if constexpr (C == kC0) {
+      _tile_dpbsud(0, 2, 4);
+    } else {
+      _tile_dpbsud(1, 3, 5);
+    }
+  }
+};
+#undef MICROMOE_FOR_TILE
+
+struct TileRegister {
+  int rows = 0, colsb = 0;
+  uint8_t bytes[16][64] = {};
+};
+thread_local TileRegister emulated_tiles[8];
+
+// Intel's pseudo-code for the same operations, on per-thread tile registers.
+struct EmulatedTiles {
+  static void Configure(const TileConfig& c) {
+    for (int t = 0; t < 8; ++t) emulated_tiles[t].rows = c.rows[t], emulated_tiles[t].colsb = c.colsb[t];
+  }
+  static void Release() {
+    for (TileRegister& r : emulated_tiles) r = TileRegister{};
+  }
+  template <int T>
+  static void Zero() { std::memset(emulated_tiles[T].bytes, 0, sizeof(emulated_tiles[T].bytes)); }
+  template <int T>
+  static void Load(const void* p, uint64_t stride) {
+    TileRegister& r = emulated_tiles[T];
+    std::memset(r.bytes, 0, sizeof(r.bytes));
+    for (int i = 0; i < r.rows; ++i) std::memcpy(r.bytes[i], static_cast<const uint8_t*>(p) + i * stride, r.colsb);
+  }
+  template <int T>
+  static void Store(void* p, uint64_t stride) {
+    const TileRegister& r = emulated_tiles[T];
+    for (int i = 0; i < r.rows; ++i) std::memcpy(static_cast<uint8_t*>(p) + i * stride, r.bytes[i], r.colsb);
+  }
+  template <int C, int A, int B>
+  static void DotSignedUnsigned() {
+    TileRegister& c = emulated_tiles[C];
+    const TileRegister& a = emulated_tiles[A];
+    const TileRegister& b = emulated_tiles[B];
+    for (int m = 0; m < c.rows; ++m) {
+      for (int k = 0; k < a.colsb / 4; ++k) {
+        for (int n = 0; n < c.colsb / 4; ++n) {
+          int32_t acc;
+          std::memcpy(&acc, c.bytes[m] + 4 * n, 4);
+          for (int i = 0; i < 4; ++i) {
+            acc += static_cast<int8_t>(a.bytes[m][4 * k + i]) * static_cast<int32_t>(b.bytes[k][4 * n + i]);
+          }
+          std::memcpy(c.bytes[m] + 4 * n, &acc, 4);
+        }
+      }
+    }
+  }
+};
+
+// Unpacks packed Q4_0 block `q` (4 chunks of 64 bytes) into the 8 B rows.
+inline void UnpackQ4Block(const uint8_t* q, uint8_t* b_rows) {
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  for (int k = 0; k < 4; ++k) {
+    const __m512i v = _mm512_load_si512(q + k * 64);
+    _mm512_store_si512(b_rows + k * 64, _mm512_and_si512(v, low_mask));
+    _mm512_store_si512(b_rows + (k + 4) * 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask));
+  }
+}
+
+// acc[r] += (C[r] - offset term) * d_x * d_w for block b, as the VNNI kernel.
+inline void ScaleBlock(const int32_t* c, int m, const float* terms, uint64_t terms_stride, int64_t b, __m512 dw,
+                       __m512* acc) {
+  for (int r = 0; r < m; ++r) {
+    const float* t = terms + r * terms_stride + 2 * b;
+    const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * r)), _mm512_set1_ps(t[1]));
+    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dot, _mm512_set1_ps(t[0])), dw, acc[r]);
+  }
+}
+
+template <class Tiles, bool kQ4>
+void GemmTiles(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
+               uint64_t terms_stride, int m, float* out) {
+  constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
+  const uint16_t* scales = reinterpret_cast<const uint16_t*>(group + nb * kChunkBytes);
+  alignas(64) uint8_t b_rows[2][8 * 64];
+  alignas(64) int32_t c[2][kMaxPackedTileRows * 16];
+  __m512 acc[kMaxPackedTileRows];
+  for (int r = 0; r < m; ++r) acc[r] = _mm512_setzero_ps();
+  Tiles::Configure(ConfigFor(m));
+  // Activation codes of block b: 32 bytes after the fp16 scale, rows xq_stride apart.
+  auto codes = [&](int64_t b) { return xq + b * sizeof(BlockQ8_0) + 2; };
+  auto weights = [&](int64_t b, int slot) -> const uint8_t* {
+    const uint8_t* q = group + b * kChunkBytes;
+    if constexpr (!kQ4) return q;
+    UnpackQ4Block(q, b_rows[slot]);
+    return b_rows[slot];
+  };
+  auto dw = [&](int64_t b) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 16)));
+  };
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {  // two blocks in flight on separate tiles
+    Tiles::template Zero<kC0>();
+    Tiles::template Zero<kC1>();
+    Tiles::template Load<kA0>(codes(b), xq_stride);
+    Tiles::template Load<kB0>(weights(b, 0), 64);
+    Tiles::template Load<kA1>(codes(b + 1), xq_stride);
+    Tiles::template Load<kB1>(weights(b + 1, 1), 64);
+    Tiles::template DotSignedUnsigned<kC0, kA0, kB0>();
+    Tiles::template DotSignedUnsigned<kC1, kA1, kB1>();
+    Tiles::template Store<kC0>(c[0], 64);
+    Tiles::template Store<kC1>(c[1], 64);
+    ScaleBlock(c[0], m, terms, terms_stride, b, dw(b), acc);
+    ScaleBlock(c[1], m, terms, terms_stride, b + 1, dw(b + 1), acc);
+  }
+  if (b < nb) {
+    Tiles::template Zero<kC0>();
+    Tiles::template Load<kA0>(codes(b), xq_stride);
+    Tiles::template Load<kB0>(weights(b, 0), 64);
+    Tiles::template DotSignedUnsigned<kC0, kA0, kB0>();
+    Tiles::template Store<kC0>(c[0], 64);
+    ScaleBlock(c[0], m, terms, terms_stride, b, dw(b), acc);
+  }
+  Tiles::Release();
+  for (int r = 0; r < m; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
+}
+
+// Up to four activation rows go to the VNNI kernel (decode is bound by memory,
+// not arithmetic); five to sixteen are one pass of tiles over the group.
+template <class Tiles, bool kQ4>
+void Gemm(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
+          uint64_t terms_stride, int n_x, float* out) {
+  if (n_x <= 4) {
+    const KernelSet& vnni = *Avx512Kernels();
+    return (kQ4 ? vnni.gemm_q4_0_x16 : vnni.gemm_q8_0_x16)(group, nb, xq, xq_stride, terms, terms_stride, n_x, out);
+  }
+  GemmTiles<Tiles, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, n_x, out);
+}
+
+template <class Tiles>
+KernelSet WithTiles(const char* name) {
+  KernelSet set = *Avx512Kernels();
+  set.name = name;
+  set.gemm_q8_0_x16 = Gemm<Tiles, false>;
+  set.gemm_q4_0_x16 = Gemm<Tiles, true>;
+  set.packed_tile_rows = kMaxPackedTileRows;
+  return set;
+}
+
+// Linux hands out the tile data state only on request (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), once per process.
+bool RequestTileState() {
+  constexpr int kArchReqXcompPerm = 0x1023;
+  constexpr int kXfeatureXtileData = 18;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  const bool os_enabled = (lo & (3u << 17)) == (3u << 17);  // XTILECFG, XTILEDATA
+  return os_enabled && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtileData) == 0;
+}
+
+// Runs the instruction form against the emulation on random packed groups;
+// they share all float code, so the results must match bit for bit.
+bool InstructionsMatchEmulation() {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> byte(0, 255), code(-127, 127);
+  constexpr int64_t kBlocks = 5;  // an odd count covers the tail block
+  for (bool q4 : {false, true}) {
+    const int64_t chunk_bytes = (q4 ? 4 : 8) * 64;
+    std::vector<uint8_t> storage(kBlocks * chunk_bytes + kBlocks * 32 + 64);
+    uint8_t* group = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+    for (int64_t i = 0; i < kBlocks * chunk_bytes; ++i) group[i] = static_cast<uint8_t>(byte(rng));
+    uint16_t* scales = reinterpret_cast<uint16_t*>(group + kBlocks * chunk_bytes);
+    for (int64_t i = 0; i < kBlocks * 16; ++i) scales[i] = 0x3000 + static_cast<uint16_t>(byte(rng));  // ~0.1..0.2
+    constexpr int kRows = 11;
+    std::vector<BlockQ8_0> x(kRows * kBlocks);
+    std::vector<float> terms(kRows * 2 * kBlocks);
+    for (int64_t i = 0; i < kRows * kBlocks; ++i) {
+      x[i].d = 0x2C00;  // 0.0625
+      for (int8_t& q : x[i].qs) q = static_cast<int8_t>(code(rng));
+      terms[2 * i] = 0.0625f;
+      terms[2 * i + 1] = static_cast<float>(code(rng));
+    }
+    const auto* xq = reinterpret_cast<const uint8_t*>(x.data());
+    const uint64_t stride = kBlocks * sizeof(BlockQ8_0);
+    float got[kMaxPackedTileRows * 16], want[kMaxPackedTileRows * 16];
+    if (q4) {
+      GemmTiles<HardwareTiles, true>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, got);
+      GemmTiles<EmulatedTiles, true>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, want);
+    } else {
+      GemmTiles<HardwareTiles, false>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, got);
+      GemmTiles<EmulatedTiles, false>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, want);
+    }
+    if (std::memcmp(got, want, sizeof(float) * kRows * 16) != 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const KernelSet* AmxKernels() {
+  static const KernelSet* set = []() -> const KernelSet* {
+    const CpuFeatures& f = GetCpuFeatures();
+    if (Avx512Kernels() == nullptr || !f.amx_tile || !f.amx_int8 || !RequestTileState()) return nullptr;
+    if (!InstructionsMatchEmulation()) {
+      std::fprintf(stderr, "micromoe: AMX tiles disagree with their emulation; using the avx512 kernels\n");
+      return nullptr;
+    }
+    static const KernelSet amx = WithTiles<HardwareTiles>("amx");
+    return &amx;
+  }();
+  return set;
+}
+
+const KernelSet* AmxEmulatedKernels() {
+  if (Avx512Kernels() == nullptr) return nullptr;
+  static const KernelSet set = WithTiles<EmulatedTiles>("amx-emulated");
+  return &set;
+}
+
+}  // namespace micromoe::kernels
