@@ -21,7 +21,16 @@
 //                                 prompt path: one expert's tokens), weights
 //                                 from memory as above; items are
 //                                 multiply-adds.
-// bytes_per_second counts the bytes the kernel reads (weights for matmul);
+//   attention/<backend>/ctx:N    one decode step of grouped-query attention
+//                                 over N cached positions (16 query heads,
+//                                 4 KV heads of 64, the bench model's shape):
+//                                 per KV head dot_rows, softmax and
+//                                 weighted_rows on a KV-cache layout (rows
+//                                 kv_dim floats apart), rotating through
+//                                 >= 256 MiB of caches so K and V stream from
+//                                 memory;
+// bytes_per_second counts the bytes the kernel reads (weights for matmul,
+// K and V rows for attention);
 // bw_frac divides it by the plain read bandwidth measured at start-up with
 // the same number of threads.
 #include <algorithm>
@@ -341,6 +350,34 @@ constexpr TensorType kMatMulTypes[] = {TensorType::kF32,  TensorType::kF16,  Ten
                                        TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
                                        TensorType::kQ5_K, TensorType::kQ6_K};
 
+void BM_Attention(benchmark::State& state, const KernelSet* ks, double bandwidth) {
+  constexpr int kHeads = 16, kKvHeads = 4, kHeadDim = 64, kGroup = kHeads / kKvHeads;
+  constexpr int64_t kKvDim = kKvHeads * kHeadDim;
+  const int64_t n = state.range(0);
+  const uint64_t cache_floats = 2 * static_cast<uint64_t>(n) * kKvDim;  // K then V
+  const size_t copies = std::max<size_t>(2, kMinWorkingSet / (cache_floats * sizeof(float)));
+  std::vector<std::vector<float>> caches;
+  for (size_t c = 0; c < copies; ++c) caches.push_back(RandomFloats(cache_floats, static_cast<uint32_t>(c)));
+  const std::vector<float> q = RandomFloats(kHeads * kHeadDim, 5);
+  std::vector<float> scores(static_cast<size_t>(kGroup) * n), out(kHeads * kHeadDim);
+  size_t i = 0;
+  const Stopwatch loop;
+  for (auto _ : state) {
+    const float* k = caches[i].data();
+    const float* v = k + static_cast<uint64_t>(n) * kKvDim;
+    for (int h = 0; h < kKvHeads; ++h) {
+      ks->dot_rows_f32(q.data() + h * kGroup * kHeadDim, kHeadDim, kGroup, k + h * kHeadDim, kKvDim, n, kHeadDim,
+                       scores.data(), n);
+      for (int g = 0; g < kGroup; ++g) ks->softmax_f32(scores.data() + g * n, n, 0.125f);
+      ks->weighted_rows_f32(scores.data(), n, kGroup, v + h * kHeadDim, kKvDim, n, kHeadDim,
+                            out.data() + h * kGroup * kHeadDim, kHeadDim);
+    }
+    benchmark::DoNotOptimize(out.data());
+    if (++i == caches.size()) i = 0;
+  }
+  ReportBytes(state, static_cast<double>(cache_floats * sizeof(float)), bandwidth, loop);
+}
+
 void RegisterAll(const Bandwidth& bw) {
   std::vector<const KernelSet*> backends = {&kernels::ScalarKernels()};
   if (const KernelSet* k = kernels::Avx2Kernels()) backends.push_back(k);
@@ -352,6 +389,14 @@ void RegisterAll(const Bandwidth& bw) {
                                    rk.kernel, bw.at(1))
           ->UseRealTime();
     }
+  }
+  for (const KernelSet* ks : backends) {
+    benchmark::RegisterBenchmark((std::string("attention/") + ks->name).c_str(), BM_Attention, ks, bw.at(1))
+        ->ArgName("ctx")
+        ->Arg(1024)
+        ->Arg(4096)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
   }
   // Grouped by type so the weight pool is built once per type.
   for (TensorType type : kMatMulTypes) {

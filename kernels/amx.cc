@@ -64,7 +64,13 @@ TileConfig ConfigFor(int m) {
   else F(5)
 
 struct HardwareTiles {
-  static void Configure(const TileConfig& c) { _tile_loadconfig(&c); }
+  // GCC 12's tile intrinsics do not declare the memory they read (only 8
+  // bytes of the config, nothing for tileloadd), so the compiler could drop
+  // the stores that fill it; the empty asm with a memory clobber keeps them.
+  static void Configure(const TileConfig& c) {
+    asm volatile("" ::: "memory");
+    _tile_loadconfig(&c);
+  }
   static void Release() { _tile_release(); }
   template <int T>
   static void Zero() {
@@ -74,6 +80,7 @@ struct HardwareTiles {
   }
   template <int T>
   static void Load(const void* p, uint64_t stride) {
+    asm volatile("" ::: "memory");
 #define MICROMOE_LOAD(n) _tile_loadd(n, p, stride)
     MICROMOE_FOR_TILE(MICROMOE_LOAD);
 #undef MICROMOE_LOAD

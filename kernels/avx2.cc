@@ -2,6 +2,8 @@
 // it is called only after cpuid says the CPU has them.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <type_traits>
 
 #include "kernels/cpu_features.h"
@@ -300,6 +302,47 @@ void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, 
   }
 }
 
+// exp(x) as 2^k * p(r), k = round(x log2 e), r = x - k ln 2 in two steps, p
+// Cephes' expf polynomial; 2^k is built in the exponent bits, so x is kept
+// where k stays normal and exp below -87.3 is set to zero.
+__m256 Exp(__m256 x) {
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i pow2k = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(pow2k)));
+}
+
+void SoftmaxF32(float* s, int64_t n, float scale) {
+  float mx = -INFINITY;
+  for (int64_t t = 0; t < n; ++t) mx = std::max(mx, s[t] *= scale);
+  const __m256 vmx = _mm256_set1_ps(mx);
+  __m256d sum4 = _mm256_setzero_pd();
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256 e = Exp(_mm256_sub_ps(_mm256_loadu_ps(s + t), vmx));
+    _mm256_storeu_ps(s + t, e);
+    sum4 = _mm256_add_pd(sum4, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(e)),
+                                             _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1))));
+  }
+  alignas(32) double parts[4];
+  _mm256_store_pd(parts, sum4);
+  double sum = parts[0] + parts[1] + parts[2] + parts[3];
+  for (; t < n; ++t) sum += s[t] = std::exp(s[t] - mx);
+  const float inv = static_cast<float>(1.0 / sum);
+  for (t = 0; t < n; ++t) s[t] *= inv;
+}
+
 }  // namespace
 
 const KernelSet* Avx2Kernels() {
@@ -309,7 +352,7 @@ const KernelSet* Avx2Kernels() {
                                 OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
                                 nullptr, nullptr,  // no VNNI: weights stay unpacked
-                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32};
+                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;
 }

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include <type_traits>
 
@@ -345,6 +346,16 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
 
 // Heads of up to 64 dimensions, up to four query heads per pass: each cached
 // row is loaded once (four registers) for all of them.
+// Cached K / V rows of one head sit a whole KV row apart (kv_dim floats), so
+// each 4 KiB page holds only a few of them and the hardware prefetchers, which
+// stop at page boundaries, fall behind: the 64 floats of the row this many
+// rows ahead are requested explicitly (prefetches past the end do not fault).
+constexpr int64_t kRowsAhead = 16;
+
+inline void PrefetchRow(const float* r) {
+  for (int j = 0; j < 4; ++j) _mm_prefetch(reinterpret_cast<const char*>(r + 16 * j), _MM_HINT_T0);
+}
+
 template <int kHeads>
 void DotRows64(const float* q, uint64_t ld_q, const float* rows, uint64_t stride, int64_t n, const __mmask16* m,
                float* out, uint64_t ld_out) {
@@ -354,6 +365,7 @@ void DotRows64(const float* q, uint64_t ld_q, const float* rows, uint64_t stride
   }
   for (int64_t t = 0; t < n; ++t) {
     const float* r = rows + t * stride;
+    PrefetchRow(r + kRowsAhead * stride);
     __m512 rv[4];
     for (int j = 0; j < 4; ++j) rv[j] = _mm512_maskz_loadu_ps(m[j], r + 16 * j);
     for (int h = 0; h < kHeads; ++h) {
@@ -373,6 +385,7 @@ void WeightedRows64(const float* w, uint64_t ld_w, const float* rows, uint64_t s
   }
   for (int64_t t = 0; t < n; ++t) {
     const float* r = rows + t * stride;
+    PrefetchRow(r + kRowsAhead * stride);
     __m512 rv[4];
     for (int j = 0; j < 4; ++j) rv[j] = _mm512_maskz_loadu_ps(m[j], r + 16 * j);
     for (int h = 0; h < kHeads; ++h) {
@@ -428,6 +441,54 @@ void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, 
   }
 }
 
+// exp(x) as 2^k * p(r), k = round(x log2 e), r = x - k ln 2 in two steps,
+// p Cephes' expf polynomial; scalef applies 2^k and underflows to zero.
+__m512 Exp(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // exp below this is 0 in float
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);
+}
+
+__mmask16 TailMask(int64_t t, int64_t n) {
+  return t + 16 <= n ? 0xFFFF : static_cast<__mmask16>((1u << (n - t)) - 1);
+}
+
+void SoftmaxF32(float* s, int64_t n, float scale) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t t = 0; t < n; t += 16) {
+    const __mmask16 m = TailMask(t, n);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + t), vscale);
+    _mm512_mask_storeu_ps(s + t, m, v);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, v);
+  }
+  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  __m512d sum_lo = _mm512_setzero_pd(), sum_hi = _mm512_setzero_pd();
+  for (int64_t t = 0; t < n; t += 16) {
+    const __mmask16 m = TailMask(t, n);
+    const __m512 e = _mm512_maskz_mov_ps(m, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + t), mx)));
+    _mm512_mask_storeu_ps(s + t, m, e);
+    sum_lo = _mm512_add_pd(sum_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    sum_hi = _mm512_add_pd(sum_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+  }
+  const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / _mm512_reduce_add_pd(_mm512_add_pd(sum_lo, sum_hi))));
+  for (int64_t t = 0; t < n; t += 16) {
+    const __mmask16 m = TailMask(t, n);
+    _mm512_mask_storeu_ps(s + t, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + t), inv));
+  }
+}
+
 }  // namespace
 
 const KernelSet* Avx512Kernels() {
@@ -436,7 +497,7 @@ const KernelSet* Avx512Kernels() {
                                 QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
                                 OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
-                                GemmF32X16, DotRowsF32, WeightedRowsF32};
+                                GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c) ? &set : nullptr;
 }

@@ -71,6 +71,10 @@ struct KernelSet {
                        int64_t dim, float* out, uint64_t ld_out);
   void (*weighted_rows_f32)(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
                             int64_t dim, float* out, uint64_t ld_out);
+  // The attention softmax in place over n >= 1 scores: s[t] = exp(scale *
+  // s[t] - m) / sum, m the largest scaled score, the sum taken in double.
+  // Vector back-ends compute exp with a polynomial good to about 1 ulp.
+  void (*softmax_f32)(float* s, int64_t n, float scale);
   // The most activation rows gemm_q8_0_x16 / gemm_q4_0_x16 take per call
   // (at most kMaxPackedTileRows).
   int packed_tile_rows = 4;

@@ -262,6 +262,15 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
   }
 }
 
+void SoftmaxF32(float* s, int64_t n, float scale) {
+  float mx = -INFINITY;
+  for (int64_t t = 0; t < n; ++t) mx = std::max(mx, s[t] *= scale);
+  double sum = 0;
+  for (int64_t t = 0; t < n; ++t) sum += s[t] = std::exp(s[t] - mx);
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t t = 0; t < n; ++t) s[t] *= inv;
+}
+
 void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
                      int64_t dim, float* out, uint64_t ld_out) {
   for (int h = 0; h < n_q; ++h) {
@@ -280,7 +289,7 @@ const KernelSet& ScalarKernels() {
                                 QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
                                 QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, Dot4<DotQ4_KQ8_K>,
                                 Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>,
-                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32};
+                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32};
   return set;
 }
 

@@ -118,15 +118,7 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
         scores.Resize(static_cast<size_t>(group) * len);
         // Positions of a sequence are consecutive rows of kv_dim floats in the cache.
         ks.dot_rows_f32(qh, hd, group, kv.k(il, seq, 0) + kvh * hd, kvd, len, hd, scores.data(), len);
-        for (int g = 0; g < group; ++g) {
-          float* s = scores.data() + static_cast<size_t>(g) * len;
-          float mx = -INFINITY;
-          for (int t = 0; t < len; ++t) mx = std::max(mx, s[t] *= kq_scale);
-          double sum = 0;
-          for (int t = 0; t < len; ++t) sum += s[t] = std::exp(s[t] - mx);
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int t = 0; t < len; ++t) s[t] *= inv;
-        }
+        for (int g = 0; g < group; ++g) ks.softmax_f32(scores.data() + static_cast<size_t>(g) * len, len, kq_scale);
         ks.weighted_rows_f32(scores.data(), len, group, kv.v(il, seq, 0) + kvh * hd, kvd, len, hd,
                              attn.data() + static_cast<size_t>(r) * qd + kvh * group * hd, hd);
       }

@@ -1,5 +1,7 @@
 #include "runtime/kv_cache.h"
 
+#include <sys/mman.h>
+
 #include "base/str_cat.h"
 
 namespace micromoe::runtime {
@@ -15,10 +17,18 @@ absl::Status KvCache::Start(int seq) {
   if (seq < 0 || seq >= max_sequences()) {
     return absl::OutOfRangeError(StrCat("sequence slot ", seq, " is outside [0, ", max_sequences(), ")"));
   }
-  seqs_[seq].assign(bytes_per_sequence() / sizeof(float), 0.0f);
+  seqs_[seq].reset();
+  const size_t bytes = bytes_per_sequence();
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return absl::ResourceExhaustedError(StrCat("no memory for the KV cache of sequence ", seq, " (", bytes, " bytes)"));
+  }
+  seqs_[seq] = std::unique_ptr<float, Unmap>(static_cast<float*>(p), Unmap{bytes});
   return absl::OkStatus();
 }
 
-void KvCache::Release(int seq) { std::vector<float>().swap(seqs_[seq]); }
+void KvCache::Release(int seq) { seqs_[seq].reset(); }
+
+void KvCache::Unmap::operator()(float* p) const { munmap(p, bytes); }
 
 }  // namespace micromoe::runtime

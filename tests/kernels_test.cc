@@ -1222,6 +1222,35 @@ TEST_P(KernelSetTest, AttentionRowKernelsMatchDoubleReference) {
   }
 }
 
+TEST_P(KernelSetTest, SoftmaxMatchesDoubleReference) {
+  // Lengths around the vector widths; scores spread so that some exponents
+  // underflow to zero; a position beyond n must stay untouched.
+  for (int64_t n : {1, 2, 7, 8, 15, 16, 17, 33, 100, 1000}) {
+    for (float spread : {1.0f, 30.0f, 200.0f}) {
+      std::vector<float> s = RandomFloats(rng_, n + 1);
+      for (float& v : s) v *= spread;
+      s[n] = kNaN;
+      const std::vector<float> in = s;
+      constexpr float kScale = 0.125f;
+      ks_->softmax_f32(s.data(), n, kScale);
+      double mx = -INFINITY, sum = 0;
+      for (int64_t t = 0; t < n; ++t) mx = std::max(mx, static_cast<double>(in[t] * kScale));
+      for (int64_t t = 0; t < n; ++t) sum += std::exp(static_cast<double>(in[t] * kScale) - mx);
+      double total = 0;
+      for (int64_t t = 0; t < n; ++t) {
+        const double arg = static_cast<double>(in[t] * kScale) - mx;
+        const double want = std::exp(arg) / sum;
+        // Rounding the float argument costs up to |arg| * 2^-24 relative.
+        ASSERT_NEAR(s[t], want, want * (1e-6 + 1.2e-7 * std::fabs(arg)) + 1e-38)
+            << "n=" << n << " spread=" << spread << " t=" << t;
+        total += s[t];
+      }
+      EXPECT_NEAR(total, 1.0, 1e-5) << "n=" << n;
+      EXPECT_TRUE(std::isnan(s[n])) << "wrote past n";
+    }
+  }
+}
+
 TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   // A view packed for one back-end stays usable with any other: back-ends
   // without packed kernels read the original rows.
