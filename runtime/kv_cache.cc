@@ -19,7 +19,7 @@ absl::Status KvCache::Start(int seq) {
   }
   seqs_[seq].reset();
   const size_t bytes = bytes_per_sequence();
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (p == MAP_FAILED) {
     return absl::ResourceExhaustedError(StrCat("no memory for the KV cache of sequence ", seq, " (", bytes, " bytes)"));
   }
