@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -356,14 +357,20 @@ void BM_Attention(benchmark::State& state, const KernelSet* ks, double bandwidth
   const int64_t n = state.range(0);
   const uint64_t cache_floats = 2 * static_cast<uint64_t>(n) * kKvDim;  // K then V
   const size_t copies = std::max<size_t>(2, kMinWorkingSet / (cache_floats * sizeof(float)));
-  std::vector<std::vector<float>> caches;
-  for (size_t c = 0; c < copies; ++c) caches.push_back(RandomFloats(cache_floats, static_cast<uint32_t>(c)));
+  // Page-aligned like runtime::KvCache, so rows start on cache lines.
+  std::vector<std::unique_ptr<float, decltype(&std::free)>> caches;
+  for (size_t c = 0; c < copies; ++c) {
+    const size_t bytes = (cache_floats * sizeof(float) + 4095) / 4096 * 4096;
+    caches.emplace_back(static_cast<float*>(std::aligned_alloc(4096, bytes)), &std::free);
+    const std::vector<float> values = RandomFloats(cache_floats, static_cast<uint32_t>(c));
+    std::copy(values.begin(), values.end(), caches.back().get());
+  }
   const std::vector<float> q = RandomFloats(kHeads * kHeadDim, 5);
   std::vector<float> scores(static_cast<size_t>(kGroup) * n), out(kHeads * kHeadDim);
   size_t i = 0;
   const Stopwatch loop;
   for (auto _ : state) {
-    const float* k = caches[i].data();
+    const float* k = caches[i].get();
     const float* v = k + static_cast<uint64_t>(n) * kKvDim;
     for (int h = 0; h < kKvHeads; ++h) {
       ks->dot_rows_f32(q.data() + h * kGroup * kHeadDim, kHeadDim, kGroup, k + h * kHeadDim, kKvDim, n, kHeadDim,
