@@ -16,6 +16,8 @@
 // Tests run the emulated form on any AVX-512 machine; on an AMX machine the
 // instruction form is checked against it at start-up before it is used.
 #include <immintrin.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -288,14 +290,36 @@ bool InstructionsMatchEmulation() {
   return true;
 }
 
+thread_local sigjmp_buf probe_jump;
+
+void OnProbeFault(int) { siglongjmp(probe_jump, 1); }
+
+// Runs `check` with SIGILL and SIGSEGV caught (for the microseconds it takes),
+// so tile instructions the CPU or kernel refuse (#UD, #GP) read as a failed
+// check instead of a crash.
+bool PassesWithoutFault(bool (*check)()) {
+  struct sigaction on_fault = {}, old_ill = {}, old_segv = {};
+  on_fault.sa_handler = OnProbeFault;
+  sigemptyset(&on_fault.sa_mask);
+  sigaction(SIGILL, &on_fault, &old_ill);
+  sigaction(SIGSEGV, &on_fault, &old_segv);
+  volatile bool passed = false;
+  if (sigsetjmp(probe_jump, 1) == 0) passed = check();
+  sigaction(SIGILL, &old_ill, nullptr);
+  sigaction(SIGSEGV, &old_segv, nullptr);
+  return passed;
+}
+
 }  // namespace
+
+bool AmxSelfCheckPasses() { return PassesWithoutFault(InstructionsMatchEmulation); }
 
 const KernelSet* AmxKernels() {
   static const KernelSet* set = []() -> const KernelSet* {
     const CpuFeatures& f = GetCpuFeatures();
     if (Avx512Kernels() == nullptr || !f.amx_tile || !f.amx_int8 || !RequestTileState()) return nullptr;
-    if (!InstructionsMatchEmulation()) {
-      std::fprintf(stderr, "micromoe: AMX tiles disagree with their emulation; using the avx512 kernels\n");
+    if (!AmxSelfCheckPasses()) {
+      std::fprintf(stderr, "micromoe: AMX tiles fault or disagree with their emulation; using the avx512 kernels\n");
       return nullptr;
     }
     static const KernelSet amx = WithTiles<HardwareTiles>("amx");

@@ -92,5 +92,9 @@ const KernelSet* AmxKernels();
 // The same kernel over a C++ emulation of the tiles, for tests on machines
 // without AMX (slow; never picked by Active()). nullptr without AVX-512.
 const KernelSet* AmxEmulatedKernels();
+// The start-up check behind AmxKernels(): the tile instructions against their
+// emulation, with SIGILL / SIGSEGV caught, so it returns false rather than
+// crashing where the CPU or Linux refuses the tiles.
+bool AmxSelfCheckPasses();
 
 }  // namespace micromoe::kernels

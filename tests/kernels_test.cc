@@ -17,6 +17,7 @@
 
 #include "gguf/types.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu_features.h"
 #include "kernels/kernel_set.h"
 #include "kernels/kernels.h"
 #include "kernels/packed.h"
@@ -1330,6 +1331,15 @@ TEST(KernelsTest, ActiveIsTheBestAvailableBackend) {
   } else {
     EXPECT_EQ(&active, &ScalarKernels());
   }
+}
+
+TEST(KernelsTest, AmxSelfCheckRefusesWithoutFaultingWhereTilesAreMissing) {
+  // On a CPU without AMX (or without the tile permission) the tile
+  // instructions raise SIGILL; the check must catch it and say no, and only a
+  // passing check may enable the amx back-end.
+  const bool passes = AmxSelfCheckPasses();
+  EXPECT_EQ(passes, AmxKernels() != nullptr);
+  if (!GetCpuFeatures().amx_tile) EXPECT_FALSE(passes);
 }
 
 TEST(KernelsTest, SupportedWeightTypes) {
