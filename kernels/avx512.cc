@@ -303,6 +303,57 @@ void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, flo
   for (int r = 0; r < kRows; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
+// The decode form of GemmX16Rows<1> over two adjacent groups: the activation
+// broadcasts and terms of a block serve both, and the two streams (prefetched
+// half as far ahead each) keep more memory requests in flight. Measured over
+// 256 MiB of packed groups: Q8_0 20-21 -> 27-28 GB/s, Q4_0 19-20 -> 22-23.
+template <bool kQ4>
+void GemvX32(const uint8_t* group, uint64_t group_bytes, int64_t nb, const uint8_t* xq, const float* terms,
+             float* out) {
+  constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
+  const uint8_t* groups[2] = {group, group + group_bytes};
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* x = xq + b * sizeof(BlockQ8_0) + 2;
+    __m512i xb[8];
+    for (int k = 0; k < 8; ++k) {
+      int32_t v;
+      __builtin_memcpy(&v, x + 4 * k, 4);
+      xb[k] = _mm512_set1_epi32(v);
+    }
+    const __m512 offset = _mm512_set1_ps(terms[2 * b + 1]), dx = _mm512_set1_ps(terms[2 * b]);
+    for (int i = 0; i < 2; ++i) {
+      const uint8_t* q = groups[i] + b * kChunkBytes;
+      for (int k = 0; k < kChunkBytes; k += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / 2 + k), _MM_HINT_T0);
+      }
+      __m512i w[8];
+      if constexpr (kQ4) {
+        for (int k = 0; k < 4; ++k) {
+          const __m512i v = _mm512_load_si512(q + k * 64);
+          w[k] = _mm512_and_si512(v, low_mask);
+          w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask);
+        }
+      } else {
+        for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(q + k * 64);
+      }
+      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], xb[0]);
+      __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], xb[1]);
+      for (int k = 2; k < 8; k += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, w[k], xb[k]);
+        s1 = _mm512_dpbusd_epi32(s1, w[k + 1], xb[k + 1]);
+      }
+      const uint16_t* scales = reinterpret_cast<const uint16_t*>(groups[i] + nb * kChunkBytes);
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 16)));
+      const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), offset);
+      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dx), dw, acc[i]);
+    }
+  }
+  _mm512_storeu_ps(out, acc[0]);
+  _mm512_storeu_ps(out + 16, acc[1]);
+}
+
 template <bool kQ4>
 void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
              uint64_t terms_stride, int n_x, float* out) {
@@ -497,7 +548,7 @@ const KernelSet* Avx512Kernels() {
                                 QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
                                 OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
-                                GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32};
+                                GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, GemvX32<false>, GemvX32<true>};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c) ? &set : nullptr;
 }

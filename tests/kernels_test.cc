@@ -1136,10 +1136,14 @@ TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
       MatMul(plain, x.data(), kCols, n_x, expect.data(), kRows, ScalarKernels());
       Activations act;
       act.Prepare(type, x.data(), kCols, n_x, kCols, *ks_);
-      // Ranges that start and end inside groups and inside the tail.
+      // Ranges that start and end inside groups and inside the tail, then the
+      // whole matrix (two groups at once for one activation row, then one).
       for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 5}, {5, 21}, {21, 50}, {50, kRows}}) {
         MatMulRows(view, act, got.data(), kRows, begin, end, *ks_);
       }
+      std::vector<float> whole(n_x * kRows, kNaN);
+      MatMulRows(view, act, whole.data(), kRows, 0, kRows, *ks_);
+      for (int64_t i = 0; i < n_x * kRows; ++i) ASSERT_EQ(whole[i], got[i]) << gguf::TypeName(type) << " i=" << i;
       for (int64_t i = 0; i < n_x * kRows; ++i) {
         // The scalar packed kernel repeats the scalar arithmetic exactly; vector
         // ones sum blocks in another order.
