@@ -21,12 +21,12 @@ void ParallelMatMuls(std::initializer_list<Product> products, const float* x, in
   }
   // Work is split in units of 16 rows (one packed group, see kernels/packed.h)
   // numbered across the products; about 64K multiply-adds per task keeps
-  // scheduling overhead small, and at least two units per task lets decode
-  // stream two groups at once (KernelSet::gemv_*_x32).
+  // scheduling overhead small, and at least four units per task lets decode
+  // stream four groups at once (KernelSet::gemv_*_groups).
   constexpr int64_t kUnit = kernels::kPackRows;
   int64_t units = 0;
   for (const Product& p : products) units += (p.w->rows + kUnit - 1) / kUnit;
-  const int64_t grain = std::max<int64_t>(2, (int64_t{1} << 16) / std::max<int64_t>(1, first.cols * n_x * kUnit));
+  const int64_t grain = std::max<int64_t>(kernels::kMaxGemvGroups, (int64_t{1} << 16) / std::max<int64_t>(1, first.cols * n_x * kUnit));
   kernels::Activations a;
   a.Prepare(first.type, x, ldx, n_x, first.cols);
   auto run_units = [&](int64_t begin, int64_t end) {

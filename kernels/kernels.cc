@@ -180,18 +180,20 @@ namespace {
 // ks.packed_tile_rows activation rows per kernel call; each group's weights (a
 // few KiB) stay in L1 while every activation tile passes over them.
 void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
-                      int64_t o_end, KernelSet::GemmX16 gemm, KernelSet::GemvX32 gemv_pair, int tile_rows) {
+                      int64_t o_end, KernelSet::GemmX16 gemm, KernelSet::GemvGroups gemv, int tile_rows) {
   const int64_t nb = w.cols / kQK;
   const int64_t n_x = x.n_rows();
-  float out[kMaxPackedTileRows * kPackRows];
+  float out[std::max(kMaxPackedTileRows, kMaxGemvGroups) * kPackRows];
   for (int64_t g = o_begin / kPackRows; g * kPackRows < o_end; ++g) {
     const uint8_t* group = w.packed + static_cast<uint64_t>(g) * w.packed_group_bytes;
     const int64_t first = std::max(o_begin, g * kPackRows);
-    // Decode: two whole groups at once where the range holds them.
-    if (n_x == 1 && gemv_pair != nullptr && first == g * kPackRows && (g + 2) * kPackRows <= o_end) {
-      gemv_pair(group, w.packed_group_bytes, nb, static_cast<const uint8_t*>(x.q8_row(0)), x.terms_row(0), out);
-      std::copy_n(out, 2 * kPackRows, y + g * kPackRows);
-      ++g;
+    // Decode: the whole groups in the range, up to kMaxGemvGroups per call.
+    const int64_t whole = std::min<int64_t>(kMaxGemvGroups, o_end / kPackRows - g);
+    if (n_x == 1 && gemv != nullptr && first == g * kPackRows && whole >= 1) {
+      gemv(group, w.packed_group_bytes, static_cast<int>(whole), nb, static_cast<const uint8_t*>(x.q8_row(0)),
+           x.terms_row(0), out);
+      std::copy_n(out, whole * kPackRows, y + g * kPackRows);
+      g += whole - 1;
       continue;
     }
     const int64_t last = std::min(o_end, (g + 1) * kPackRows);
@@ -234,7 +236,7 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
     const int64_t packed_end = std::min(o_end, w.packed_rows);
     const bool q8 = w.type == TensorType::kQ8_0;
     MatMulPackedRows(w, x, y, ldy, o_begin, packed_end, q8 ? ks.gemm_q8_0_x16 : ks.gemm_q4_0_x16,
-                     q8 ? ks.gemv_q8_0_x32 : ks.gemv_q4_0_x32, ks.packed_tile_rows);
+                     q8 ? ks.gemv_q8_0_groups : ks.gemv_q4_0_groups, ks.packed_tile_rows);
     o_begin = packed_end;
   }
   if (x.quantized()) {
