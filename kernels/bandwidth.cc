@@ -23,7 +23,7 @@ double MeasureReadBandwidth() {
   });
   double best = 0;
   volatile uint64_t sink = 0;
-  for (int pass = 0; pass < 3; ++pass) {
+  for (int pass = 0; pass < 5; ++pass) {
     const auto t = std::chrono::steady_clock::now();
     const uint64_t total = tbb::parallel_reduce(
         tbb::blocked_range<size_t>(0, n, size_t{1} << 16), uint64_t{0},

@@ -7,7 +7,7 @@ namespace micromoe::kernels {
 // across the oneTBB workers the caller allows, one 64-bit load per cache line,
 // each worker's piece as four interleaved streams (one core streamed 28-29
 // GB/s as one sequential stream and 34-38 as four here, so one stream
-// understated the bound); best of 3 passes, in bytes per second.
+// understated the bound); best of 5 passes, in bytes per second.
 double MeasureReadBandwidth();
 
 }  // namespace micromoe::kernels
