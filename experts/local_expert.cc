@@ -35,7 +35,7 @@ void ParallelMatMuls(std::initializer_list<Product> products, const float* x, in
   const int64_t workers = std::min<int64_t>(
       tbb::this_task_arena::max_concurrency(),
       static_cast<int64_t>(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
-  const int64_t grain = std::max({int64_t{kernels::kMaxGemvGroups}, std::min<int64_t>(16, units / (4 * workers)),
+  const int64_t grain = std::max({int64_t{kernels::kGemvStreams}, std::min<int64_t>(16, units / (4 * workers)),
                                   (int64_t{1} << 16) / std::max<int64_t>(1, first.cols * n_x * kUnit)});
   kernels::Activations a;
   a.Prepare(first.type, x, ldx, n_x, first.cols);

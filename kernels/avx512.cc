@@ -303,15 +303,16 @@ void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, flo
   for (int r = 0; r < kRows; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
-// The decode form of GemmX16Rows<1> over kGroups adjacent groups: the
-// activation broadcasts and terms of a block serve all of them, and the
+// The decode form of GemmX16Rows<1> over kGroups groups, stream_bytes apart:
+// the activation broadcasts and terms of a block serve all of them, and the
 // separate streams (each prefetched 1/kGroups as far ahead) keep more memory
 // requests in flight than one stream can. Over 256 MiB of packed groups, one
 // core: Q8_0 21 / 28 / 36-42 GB/s and Q4_0 19 / 22-24 / 28-37 GB/s for 1 / 2 / 4
 // groups, while a plain single-stream read ran 25-38 GB/s (8 groups: slower).
+// Group i's 16 outputs go to out + i * out_stride.
 template <bool kQ4, int kGroups>
-void GemvGroupsOf(const uint8_t* group, uint64_t group_bytes, int64_t nb, const uint8_t* xq, const float* terms,
-                  float* out) {
+void GemvGroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* xq, const float* terms,
+                  float* out, int64_t out_stride) {
   constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
   const __m512i low_mask = _mm512_set1_epi8(0x0F);
   __m512 acc[kGroups];
@@ -326,7 +327,7 @@ void GemvGroupsOf(const uint8_t* group, uint64_t group_bytes, int64_t nb, const 
     }
     const __m512 offset = _mm512_set1_ps(terms[2 * b + 1]), dx = _mm512_set1_ps(terms[2 * b]);
     for (int i = 0; i < kGroups; ++i) {
-      const uint8_t* g = group + i * group_bytes;
+      const uint8_t* g = group + i * stream_bytes;
       const uint8_t* q = g + b * kChunkBytes;
       for (int k = 0; k < kChunkBytes; k += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups + k), _MM_HINT_T0);
@@ -353,17 +354,27 @@ void GemvGroupsOf(const uint8_t* group, uint64_t group_bytes, int64_t nb, const 
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dx), dw, acc[i]);
     }
   }
-  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + 16 * i, acc[i]);
+  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, acc[i]);
 }
 
+// n_groups adjacent groups as four streams, each a contiguous quarter (so a
+// stream's prefetches run on into its next group), then the 1-3 left over.
 template <bool kQ4>
-void GemvGroups(const uint8_t* group, uint64_t group_bytes, int n_groups, int64_t nb, const uint8_t* xq,
+void GemvGroups(const uint8_t* group, uint64_t group_bytes, int64_t n_groups, int64_t nb, const uint8_t* xq,
                 const float* terms, float* out) {
-  switch (n_groups) {
-    case 1: return GemvGroupsOf<kQ4, 1>(group, group_bytes, nb, xq, terms, out);
-    case 2: return GemvGroupsOf<kQ4, 2>(group, group_bytes, nb, xq, terms, out);
-    case 3: return GemvGroupsOf<kQ4, 3>(group, group_bytes, nb, xq, terms, out);
-    default: return GemvGroupsOf<kQ4, 4>(group, group_bytes, nb, xq, terms, out);
+  const int64_t per_stream = n_groups / 4;
+  for (int64_t j = 0; j < per_stream; ++j) {
+    GemvGroupsOf<kQ4, 4>(group + j * group_bytes, per_stream * group_bytes, nb, xq, terms, out + 16 * j,
+                         16 * per_stream);
+  }
+  const int64_t done = 4 * per_stream;
+  group += done * group_bytes;
+  out += 16 * done;
+  switch (n_groups - done) {
+    case 1: return GemvGroupsOf<kQ4, 1>(group, group_bytes, nb, xq, terms, out, 16);
+    case 2: return GemvGroupsOf<kQ4, 2>(group, group_bytes, nb, xq, terms, out, 16);
+    case 3: return GemvGroupsOf<kQ4, 3>(group, group_bytes, nb, xq, terms, out, 16);
+    default: return;
   }
 }
 

@@ -7,7 +7,7 @@
 namespace micromoe::kernels {
 
 constexpr int kMaxPackedTileRows = 16;
-constexpr int kMaxGemvGroups = 4;
+constexpr int kGemvStreams = 4;  // memory streams KernelSet::gemv_*_groups keeps in flight
 
 struct KernelSet {
   const char* name;
@@ -76,12 +76,12 @@ struct KernelSet {
   // s[t] - m) / sum, m the largest scaled score, the sum taken in double.
   // Vector back-ends compute exp with a polynomial good to about 1 ulp.
   void (*softmax_f32)(float* s, int64_t n, float scale);
-  // Decode over n_groups (1..kMaxGemvGroups) adjacent packed groups (16
-  // weight rows each, group_bytes apart) and one activation row:
-  // out[16 * n_groups]. Streaming several groups at once keeps as many memory
-  // streams in flight and shares the activation broadcasts (one core streamed
-  // 21 -> 36-42 GB/s for Q8_0 with four groups). nullptr: gemm_*_x16 per group.
-  using GemvGroups = void (*)(const uint8_t* group, uint64_t group_bytes, int n_groups, int64_t nb,
+  // Decode over n_groups adjacent packed groups (16 weight rows each,
+  // group_bytes apart) and one activation row: out[16 * n_groups]. They are
+  // streamed as four contiguous quarters at once, sharing the activation
+  // broadcasts: one core streamed Q8_0 at 21 GB/s one group at a time and
+  // 36-42 GB/s as four streams. nullptr: gemm_*_x16 per group.
+  using GemvGroups = void (*)(const uint8_t* group, uint64_t group_bytes, int64_t n_groups, int64_t nb,
                               const uint8_t* xq, const float* terms, float* out);
   GemvGroups gemv_q8_0_groups = nullptr;
   GemvGroups gemv_q4_0_groups = nullptr;

@@ -183,16 +183,16 @@ void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64
                       int64_t o_end, KernelSet::GemmX16 gemm, KernelSet::GemvGroups gemv, int tile_rows) {
   const int64_t nb = w.cols / kQK;
   const int64_t n_x = x.n_rows();
-  float out[std::max(kMaxPackedTileRows, kMaxGemvGroups) * kPackRows];
+  float out[kMaxPackedTileRows * kPackRows];
   for (int64_t g = o_begin / kPackRows; g * kPackRows < o_end; ++g) {
     const uint8_t* group = w.packed + static_cast<uint64_t>(g) * w.packed_group_bytes;
     const int64_t first = std::max(o_begin, g * kPackRows);
-    // Decode: the whole groups in the range, up to kMaxGemvGroups per call.
-    const int64_t whole = std::min<int64_t>(kMaxGemvGroups, o_end / kPackRows - g);
+    // Decode: all the whole groups of the range in one call (one activation
+    // row, so the outputs are contiguous in y).
+    const int64_t whole = o_end / kPackRows - g;
     if (n_x == 1 && gemv != nullptr && first == g * kPackRows && whole >= 1) {
-      gemv(group, w.packed_group_bytes, static_cast<int>(whole), nb, static_cast<const uint8_t*>(x.q8_row(0)),
-           x.terms_row(0), out);
-      std::copy_n(out, whole * kPackRows, y + g * kPackRows);
+      gemv(group, w.packed_group_bytes, whole, nb, static_cast<const uint8_t*>(x.q8_row(0)), x.terms_row(0),
+           y + g * kPackRows);
       g += whole - 1;
       continue;
     }

@@ -1119,7 +1119,7 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 // last group of 16), odd block counts, 1 to 9 activation rows (tiles of four
 // and their remainders) and ranges that cut groups.
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
-  constexpr int64_t kRows = 7 * kPackRows + 5, kCols = 7 * kQK;
+  constexpr int64_t kRows = 11 * kPackRows + 5, kCols = 7 * kQK;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
   for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0}) {
     if (!CanPack(type, *ks_)) continue;
@@ -1127,8 +1127,8 @@ TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     PackedArena arena(PackedBytes(type, kRows, kCols));
     const MatrixView view = arena.Pack(plain);
-    ASSERT_EQ(view.packed_rows, 7 * kPackRows);
-    ASSERT_EQ(arena.used_bytes(), 7 * PackedGroupBytes(type, kCols));
+    ASSERT_EQ(view.packed_rows, 11 * kPackRows);
+    ASSERT_EQ(arena.used_bytes(), 11 * PackedGroupBytes(type, kCols));
     ASSERT_EQ(reinterpret_cast<uintptr_t>(view.packed) % 64, 0u);
     for (int64_t n_x : {1, 2, 3, 4, 5, 9, 16, 21}) {  // 16 and 21: full and split AMX tiles
       const std::vector<float> x = RandomFloats(rng_, n_x * kCols);
@@ -1137,8 +1137,8 @@ TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
       Activations act;
       act.Prepare(type, x.data(), kCols, n_x, kCols, *ks_);
       // Ranges that start and end inside groups and inside the tail (holding
-      // 1 and 2 whole groups), then the whole matrix (4 and 3 whole groups:
-      // one activation row streams up to four groups per call).
+      // 1, 2 and 5 whole groups), then the whole matrix (11 whole groups: one
+      // activation row streams them as four quarters of 2, then 3 more).
       for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 5}, {5, 21}, {21, 50}, {50, 96}, {96, kRows}}) {
         MatMulRows(view, act, got.data(), kRows, begin, end, *ks_);
       }
