@@ -29,6 +29,7 @@
 
 #include "kernels/cpu_features.h"
 #include "kernels/kernel_set.h"
+#include "kernels/packed_avx512.h"
 #include "kernels/quant.h"
 
 namespace micromoe::kernels {
@@ -154,12 +155,9 @@ struct EmulatedTiles {
 
 // Unpacks packed Q4_0 block `q` (4 chunks of 64 bytes) into the 8 B rows.
 inline void UnpackQ4Block(const uint8_t* q, uint8_t* b_rows) {
-  const __m512i low_mask = _mm512_set1_epi8(0x0F);
-  for (int k = 0; k < 4; ++k) {
-    const __m512i v = _mm512_load_si512(q + k * 64);
-    _mm512_store_si512(b_rows + k * 64, _mm512_and_si512(v, low_mask));
-    _mm512_store_si512(b_rows + (k + 4) * 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask));
-  }
+  __m512i w[8];
+  LoadPackedBlock<true>(q, w);
+  for (int k = 0; k < 8; ++k) _mm512_store_si512(b_rows + k * 64, w[k]);
 }
 
 // acc[r] += (C[r] - offset term) * d_x * d_w for block b, as the VNNI kernel.

@@ -11,6 +11,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/dot_rows.h"
 #include "kernels/kernel_set.h"
+#include "kernels/packed_avx512.h"
 #include "kernels/quant.h"
 
 namespace micromoe::kernels {
@@ -149,7 +150,6 @@ void GemmX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t x
                  uint64_t terms_stride, float* out) {
   constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
   const uint16_t* scales = reinterpret_cast<const uint16_t*>(group + nb * kChunkBytes);
-  const __m512i low_mask = _mm512_set1_epi8(0x0F);
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
@@ -158,32 +158,13 @@ void GemmX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t x
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes + k), _MM_HINT_T0);
     }
     __m512i w[8];
-    if constexpr (kQ4) {
-      for (int k = 0; k < 4; ++k) {
-        const __m512i v = _mm512_load_si512(q + k * 64);
-        w[k] = _mm512_and_si512(v, low_mask);
-        w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask);
-      }
-    } else {
-      for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(q + k * 64);
-    }
+    LoadPackedBlock<kQ4>(q, w);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 16)));
     for (int r = 0; r < kRows; ++r) {
-      const uint8_t* x = xq + r * xq_stride + b * sizeof(BlockQ8_0) + 2;
-      auto bcast = [&](int k) {
-        int32_t v;
-        __builtin_memcpy(&v, x + 4 * k, 4);
-        return _mm512_set1_epi32(v);
-      };
-      // Two chains, so consecutive dpbusd do not wait on each other.
-      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bcast(0));
-      __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], bcast(1));
-      for (int k = 2; k < 8; k += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, w[k], bcast(k));
-        s1 = _mm512_dpbusd_epi32(s1, w[k + 1], bcast(k + 1));
-      }
+      __m512i xb[8];
+      BroadcastCodes(xq + r * xq_stride + b * sizeof(BlockQ8_0) + 2, xb);
       const float* t = terms + r * terms_stride + 2 * b;
-      const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_set1_ps(t[1]));
+      const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(DotPackedBlock(w, xb)), _mm512_set1_ps(t[1]));
       acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dot, _mm512_set1_ps(t[0])), dw, acc[r]);
     }
   }
@@ -314,17 +295,11 @@ template <bool kQ4, int kGroups>
 void GemvGroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* xq, const float* terms,
                   float* out, int64_t out_stride) {
   constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
-  const __m512i low_mask = _mm512_set1_epi8(0x0F);
   __m512 acc[kGroups];
   for (int i = 0; i < kGroups; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* x = xq + b * sizeof(BlockQ8_0) + 2;
     __m512i xb[8];
-    for (int k = 0; k < 8; ++k) {
-      int32_t v;
-      __builtin_memcpy(&v, x + 4 * k, 4);
-      xb[k] = _mm512_set1_epi32(v);
-    }
+    BroadcastCodes(xq + b * sizeof(BlockQ8_0) + 2, xb);
     const __m512 offset = _mm512_set1_ps(terms[2 * b + 1]), dx = _mm512_set1_ps(terms[2 * b]);
     for (int i = 0; i < kGroups; ++i) {
       const uint8_t* g = group + i * stream_bytes;
@@ -333,41 +308,28 @@ void GemvGroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const
         _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups + k), _MM_HINT_T0);
       }
       __m512i w[8];
-      if constexpr (kQ4) {
-        for (int k = 0; k < 4; ++k) {
-          const __m512i v = _mm512_load_si512(q + k * 64);
-          w[k] = _mm512_and_si512(v, low_mask);
-          w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask);
-        }
-      } else {
-        for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(q + k * 64);
-      }
-      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], xb[0]);
-      __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], xb[1]);
-      for (int k = 2; k < 8; k += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, w[k], xb[k]);
-        s1 = _mm512_dpbusd_epi32(s1, w[k + 1], xb[k + 1]);
-      }
+      LoadPackedBlock<kQ4>(q, w);
       const uint16_t* scales = reinterpret_cast<const uint16_t*>(g + nb * kChunkBytes);
       const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 16)));
-      const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), offset);
+      const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(DotPackedBlock(w, xb)), offset);
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dx), dw, acc[i]);
     }
   }
   for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, acc[i]);
 }
 
-// n_groups adjacent groups as four streams, each a contiguous quarter (so a
-// stream's prefetches run on into its next group), then the 1-3 left over.
+// n_groups adjacent groups as kGemvStreams streams, each a contiguous part
+// (so a stream's prefetches run on into its next group), then the few left over.
 template <bool kQ4>
 void GemvGroups(const uint8_t* group, uint64_t group_bytes, int64_t n_groups, int64_t nb, const uint8_t* xq,
                 const float* terms, float* out) {
-  const int64_t per_stream = n_groups / 4;
+  static_assert(kGemvStreams == 4, "the switch below covers 1-3 groups left over");
+  const int64_t per_stream = n_groups / kGemvStreams;
   for (int64_t j = 0; j < per_stream; ++j) {
-    GemvGroupsOf<kQ4, 4>(group + j * group_bytes, per_stream * group_bytes, nb, xq, terms, out + 16 * j,
-                         16 * per_stream);
+    GemvGroupsOf<kQ4, kGemvStreams>(group + j * group_bytes, per_stream * group_bytes, nb, xq, terms, out + 16 * j,
+                                    16 * per_stream);
   }
-  const int64_t done = 4 * per_stream;
+  const int64_t done = kGemvStreams * per_stream;
   group += done * group_bytes;
   out += 16 * done;
   switch (n_groups - done) {
