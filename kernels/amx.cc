@@ -253,39 +253,36 @@ bool RequestTileState() {
 
 // Runs the instruction form against the emulation on random packed groups;
 // they share all float code, so the results must match bit for bit.
-bool InstructionsMatchEmulation() {
-  std::mt19937 rng(7);
+template <bool kQ4>
+bool InstructionsMatchEmulationOn(std::mt19937& rng) {
   std::uniform_int_distribution<int> byte(0, 255), code(-127, 127);
   constexpr int64_t kBlocks = 5;  // an odd count covers the tail block
-  for (bool q4 : {false, true}) {
-    const int64_t chunk_bytes = (q4 ? 4 : 8) * 64;
-    std::vector<uint8_t> storage(kBlocks * chunk_bytes + kBlocks * 32 + 64);
-    uint8_t* group = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
-    for (int64_t i = 0; i < kBlocks * chunk_bytes; ++i) group[i] = static_cast<uint8_t>(byte(rng));
-    uint16_t* scales = reinterpret_cast<uint16_t*>(group + kBlocks * chunk_bytes);
-    for (int64_t i = 0; i < kBlocks * 16; ++i) scales[i] = 0x3000 + static_cast<uint16_t>(byte(rng));  // ~0.1..0.2
-    constexpr int kRows = 11;
-    std::vector<BlockQ8_0> x(kRows * kBlocks);
-    std::vector<float> terms(kRows * 2 * kBlocks);
-    for (int64_t i = 0; i < kRows * kBlocks; ++i) {
-      x[i].d = 0x2C00;  // 0.0625
-      for (int8_t& q : x[i].qs) q = static_cast<int8_t>(code(rng));
-      terms[2 * i] = 0.0625f;
-      terms[2 * i + 1] = static_cast<float>(code(rng));
-    }
-    const auto* xq = reinterpret_cast<const uint8_t*>(x.data());
-    const uint64_t stride = kBlocks * sizeof(BlockQ8_0);
-    float got[kMaxPackedTileRows * 16], want[kMaxPackedTileRows * 16];
-    if (q4) {
-      GemmTiles<HardwareTiles, true>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, got);
-      GemmTiles<EmulatedTiles, true>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, want);
-    } else {
-      GemmTiles<HardwareTiles, false>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, got);
-      GemmTiles<EmulatedTiles, false>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, want);
-    }
-    if (std::memcmp(got, want, sizeof(float) * kRows * 16) != 0) return false;
+  constexpr int64_t kChunkBytes = (kQ4 ? 4 : 8) * 64;
+  std::vector<uint8_t> storage(kBlocks * kChunkBytes + kBlocks * 32 + 64);
+  uint8_t* group = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+  for (int64_t i = 0; i < kBlocks * kChunkBytes; ++i) group[i] = static_cast<uint8_t>(byte(rng));
+  uint16_t* scales = reinterpret_cast<uint16_t*>(group + kBlocks * kChunkBytes);
+  for (int64_t i = 0; i < kBlocks * 16; ++i) scales[i] = 0x3000 + static_cast<uint16_t>(byte(rng));  // ~0.1..0.2
+  constexpr int kRows = 11;
+  std::vector<BlockQ8_0> x(kRows * kBlocks);
+  std::vector<float> terms(kRows * 2 * kBlocks);
+  for (int64_t i = 0; i < kRows * kBlocks; ++i) {
+    x[i].d = 0x2C00;  // 0.0625
+    for (int8_t& q : x[i].qs) q = static_cast<int8_t>(code(rng));
+    terms[2 * i] = 0.0625f;
+    terms[2 * i + 1] = static_cast<float>(code(rng));
   }
-  return true;
+  const auto* xq = reinterpret_cast<const uint8_t*>(x.data());
+  const uint64_t stride = kBlocks * sizeof(BlockQ8_0);
+  float got[kMaxPackedTileRows * 16], want[kMaxPackedTileRows * 16];
+  GemmTiles<HardwareTiles, kQ4>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, got);
+  GemmTiles<EmulatedTiles, kQ4>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, want);
+  return std::memcmp(got, want, sizeof(float) * kRows * 16) == 0;
+}
+
+bool InstructionsMatchEmulation() {
+  std::mt19937 rng(7);
+  return InstructionsMatchEmulationOn<false>(rng) && InstructionsMatchEmulationOn<true>(rng);
 }
 
 thread_local sigjmp_buf probe_jump;

@@ -389,8 +389,13 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
 // rows ahead are requested explicitly (prefetches past the end do not fault).
 constexpr int64_t kRowsAhead = 16;
 
-inline void PrefetchRow(const float* r) {
-  for (int j = 0; j < 4; ++j) _mm_prefetch(reinterpret_cast<const char*>(r + 16 * j), _MM_HINT_T0);
+// Row t of the cache (up to 64 floats, under the masks) into rv, after
+// requesting the row kRowsAhead further on.
+inline void LoadCachedRow(const float* rows, int64_t t, uint64_t stride, const __mmask16* m, __m512 rv[4]) {
+  const float* ahead = rows + (t + kRowsAhead) * stride;
+  for (int j = 0; j < 4; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + 16 * j), _MM_HINT_T0);
+  const float* r = rows + t * stride;
+  for (int j = 0; j < 4; ++j) rv[j] = _mm512_maskz_loadu_ps(m[j], r + 16 * j);
 }
 
 template <int kHeads>
@@ -401,10 +406,8 @@ void DotRows64(const float* q, uint64_t ld_q, const float* rows, uint64_t stride
     for (int j = 0; j < 4; ++j) qv[h][j] = _mm512_maskz_loadu_ps(m[j], q + h * ld_q + 16 * j);
   }
   for (int64_t t = 0; t < n; ++t) {
-    const float* r = rows + t * stride;
-    PrefetchRow(r + kRowsAhead * stride);
     __m512 rv[4];
-    for (int j = 0; j < 4; ++j) rv[j] = _mm512_maskz_loadu_ps(m[j], r + 16 * j);
+    LoadCachedRow(rows, t, stride, m, rv);
     for (int h = 0; h < kHeads; ++h) {
       __m512 acc = _mm512_mul_ps(qv[h][0], rv[0]);
       for (int j = 1; j < 4; ++j) acc = _mm512_fmadd_ps(qv[h][j], rv[j], acc);
@@ -421,10 +424,8 @@ void WeightedRows64(const float* w, uint64_t ld_w, const float* rows, uint64_t s
     for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
   }
   for (int64_t t = 0; t < n; ++t) {
-    const float* r = rows + t * stride;
-    PrefetchRow(r + kRowsAhead * stride);
     __m512 rv[4];
-    for (int j = 0; j < 4; ++j) rv[j] = _mm512_maskz_loadu_ps(m[j], r + 16 * j);
+    LoadCachedRow(rows, t, stride, m, rv);
     for (int h = 0; h < kHeads; ++h) {
       const __m512 wt = _mm512_set1_ps(w[h * ld_w + t]);
       for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_fmadd_ps(wt, rv[j], acc[h][j]);
