@@ -88,8 +88,12 @@ int RunInspect(const std::string& path, bool cpu) {
                 f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl, f.avx512vnni, f.avx512bf16,
                 f.amx_tile, f.amx_int8, f.amx_bf16);
     std::printf("kernels: %s\n", kernels::Active().name);
-    // Q8_0 / Q4_0 matrices are repacked at load when the kernels compute with the packed layout.
-    std::printf("repacked at load: %s\n", kernels::CanPack(gguf::TensorType::kQ8_0) ? "q8_0 q4_0" : "none");
+    // Matrices of these types are repacked at load when the kernels compute with the packed layout.
+    std::string packed;
+    for (gguf::TensorType t : {gguf::TensorType::kQ8_0, gguf::TensorType::kQ4_0, gguf::TensorType::kBF16}) {
+      if (kernels::CanPack(t)) packed += StrCat(packed.empty() ? "" : " ", gguf::TypeName(t));
+    }
+    std::printf("repacked at load: %s\n", packed.empty() ? "none" : packed.c_str());
     if (path.empty()) return 0;
   }
   auto model = Model::Load(path);

@@ -1,5 +1,6 @@
-// AMX-INT8 tiles for the prompt path of packed Q8_0 / Q4_0 weights (layout in
-// packed.h). Everything else is the AVX-512 back-end's.
+// AMX tiles for the prompt path of packed weights (layout in packed.h):
+// AMX-INT8 for Q8_0 / Q4_0, AMX-BF16 for BF16. Everything else is the AVX-512
+// back-end's.
 //
 // One 32-column block is one tile product: A = the block's activation codes of
 // up to 16 activation rows (M x 32 signed bytes), B = the packed block (8 rows
@@ -10,6 +11,11 @@
 // VNNI kernel. Q4_0 blocks are unpacked to bytes first (low nibbles are B rows
 // 0..3, high nibbles rows 4..7). C is stored after each block and scaled in
 // float with AVX-512, since every block carries its own scales.
+//
+// BF16: a 32-column block is A = M x 32 BF16 activations, B = the block's 16
+// packed lines (row k holds column pair k of the 16 weight rows, the pairs
+// TDPBF16PS reads); with no scales, C accumulates over all blocks (even
+// blocks in C0, odd ones in C1) and is stored once.
 //
 // The kernel is written once over a tile interface with two implementations:
 // the instructions, and a plain C++ emulation that follows Intel's pseudo-code.
@@ -48,11 +54,13 @@ static_assert(sizeof(TileConfig) == 64);
 // Tiles: C0, C1 (results of an even and an odd block), A0, A1, B0, B1.
 enum Tile : int { kC0 = 0, kC1 = 1, kA0 = 2, kA1 = 3, kB0 = 4, kB1 = 5 };
 
-TileConfig ConfigFor(int m) {
+// m activation rows; a_bytes bytes of each per block (32 INT8 codes or 32
+// BF16 values); B rows of 64 bytes, b_rows of them (8 INT8 or 16 BF16).
+TileConfig ConfigFor(int m, int a_bytes, int b_rows) {
   TileConfig c;
   for (int t : {kC0, kC1}) c.rows[t] = m, c.colsb[t] = 64;
-  for (int t : {kA0, kA1}) c.rows[t] = m, c.colsb[t] = 32;
-  for (int t : {kB0, kB1}) c.rows[t] = 8, c.colsb[t] = 64;
+  for (int t : {kA0, kA1}) c.rows[t] = m, c.colsb[t] = a_bytes;
+  for (int t : {kB0, kB1}) c.rows[t] = b_rows, c.colsb[t] = 64;
   return c;
 }
 
@@ -103,6 +111,15 @@ struct HardwareTiles {
       _tile_dpbsud(1, 3, 5);
     }
   }
+  template <int C, int A, int B>
+  static void DotBf16() {
+    static_assert((C == kC0 && A == kA0 && B == kB0) || (C == kC1 && A == kA1 && B == kB1));
+    if constexpr (C == kC0) {
+      _tile_dpbf16ps(0, 2, 4);
+    } else {
+      _tile_dpbf16ps(1, 3, 5);
+    }
+  }
 };
 #undef MICROMOE_FOR_TILE
 
@@ -151,6 +168,30 @@ struct EmulatedTiles {
       }
     }
   }
+  // The products of two BF16 values are exact in float; denormal inputs and
+  // results (flushed to zero by the instruction) do not occur in the checks.
+  template <int C, int A, int B>
+  static void DotBf16() {
+    TileRegister& c = emulated_tiles[C];
+    const TileRegister& a = emulated_tiles[A];
+    const TileRegister& b = emulated_tiles[B];
+    auto value = [](const uint8_t* p) {
+      uint16_t h;
+      std::memcpy(&h, p, 2);
+      return Bf16ToFp32(h);
+    };
+    for (int m = 0; m < c.rows; ++m) {
+      for (int k = 0; k < a.colsb / 4; ++k) {
+        for (int n = 0; n < c.colsb / 4; ++n) {
+          float acc;
+          std::memcpy(&acc, c.bytes[m] + 4 * n, 4);
+          acc += value(a.bytes[m] + 4 * k) * value(b.bytes[k] + 4 * n);
+          acc += value(a.bytes[m] + 4 * k + 2) * value(b.bytes[k] + 4 * n + 2);
+          std::memcpy(c.bytes[m] + 4 * n, &acc, 4);
+        }
+      }
+    }
+  }
 };
 
 // Unpacks packed Q4_0 block `q` (4 chunks of 64 bytes) into the 8 B rows.
@@ -179,7 +220,7 @@ void GemmTiles(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_
   alignas(64) int32_t c[2][kMaxPackedTileRows * 16];
   __m512 acc[kMaxPackedTileRows];
   for (int r = 0; r < m; ++r) acc[r] = _mm512_setzero_ps();
-  Tiles::Configure(ConfigFor(m));
+  Tiles::Configure(ConfigFor(m, 32, 8));
   // Activation codes of block b: 32 bytes after the fp16 scale, rows xq_stride apart.
   auto codes = [&](int64_t b) { return xq + b * sizeof(BlockQ8_0) + 2; };
   auto weights = [&](int64_t b, int slot) -> const uint8_t* {
@@ -230,12 +271,48 @@ void Gemm(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_strid
   GemmTiles<Tiles, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, n_x, out);
 }
 
+// BF16: blocks b and b + 1 on separate tiles, both accumulating over the group.
 template <class Tiles>
-KernelSet WithTiles(const char* name) {
+void GemmBf16Tiles(const uint8_t* group, int64_t nb, const uint8_t* x, uint64_t x_stride, int m, float* out) {
+  alignas(64) float c[2][kMaxPackedTileRows * 16];
+  Tiles::Configure(ConfigFor(m, 64, 16));
+  Tiles::template Zero<kC0>();
+  Tiles::template Zero<kC1>();
+  // Block b: 64 bytes of activations at x + 64 b, rows x_stride apart; 16 lines of weights.
+  for (int64_t b = 0; b < nb; b += 2) {
+    Tiles::template Load<kA0>(x + b * 64, x_stride);
+    Tiles::template Load<kB0>(group + b * 1024, 64);
+    Tiles::template DotBf16<kC0, kA0, kB0>();
+    if (b + 1 == nb) break;
+    Tiles::template Load<kA1>(x + (b + 1) * 64, x_stride);
+    Tiles::template Load<kB1>(group + (b + 1) * 1024, 64);
+    Tiles::template DotBf16<kC1, kA1, kB1>();
+  }
+  Tiles::template Store<kC0>(c[0], 64);
+  Tiles::template Store<kC1>(c[1], 64);
+  Tiles::Release();
+  for (int r = 0; r < m; ++r) {
+    _mm512_storeu_ps(out + r * 16, _mm512_add_ps(_mm512_load_ps(c[0] + 16 * r), _mm512_load_ps(c[1] + 16 * r)));
+  }
+}
+
+template <class Tiles>
+void GemmBf16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
+              uint64_t terms_stride, int n_x, float* out) {
+  if (n_x <= 4) return Avx512Kernels()->gemm_bf16_x16(group, nb, xq, xq_stride, terms, terms_stride, n_x, out);
+  GemmBf16Tiles<Tiles>(group, nb, xq, xq_stride, n_x, out);
+}
+
+// bf16: whether BF16 tiles are used too (AMX-BF16, and AVX512-BF16 for the
+// small tiles and decode).
+template <class Tiles>
+KernelSet WithTiles(const char* name, bool bf16) {
   KernelSet set = *Avx512Kernels();
   set.name = name;
   set.gemm_q8_0_x16 = Gemm<Tiles, false>;
   set.gemm_q4_0_x16 = Gemm<Tiles, true>;
+  set.gemm_bf16_x16 = bf16 ? GemmBf16<Tiles> : nullptr;
+  set.gemv_bf16_groups = bf16 ? set.gemv_bf16_groups : nullptr;
   set.packed_tile_rows = kMaxPackedTileRows;
   return set;
 }
@@ -280,9 +357,30 @@ bool InstructionsMatchEmulationOn(std::mt19937& rng) {
   return std::memcmp(got, want, sizeof(float) * kRows * 16) == 0;
 }
 
-bool InstructionsMatchEmulation() {
+bool Int8InstructionsMatchEmulation() {
   std::mt19937 rng(7);
   return InstructionsMatchEmulationOn<false>(rng) && InstructionsMatchEmulationOn<true>(rng);
+}
+
+// BF16 on small integers, where every sum is exact in float whatever the
+// order, so the comparison checks the operands' layout, not the rounding.
+bool Bf16InstructionsMatchEmulation() {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> small(-8, 8);
+  constexpr int64_t kBlocks = 3;  // an odd count: C1 sees one block less
+  constexpr int kRows = 13;
+  std::vector<uint16_t> storage(kBlocks * 512 + 32);
+  uint8_t* bytes = reinterpret_cast<uint8_t*>(storage.data());
+  uint16_t* group = reinterpret_cast<uint16_t*>(bytes + (64 - reinterpret_cast<uintptr_t>(bytes) % 64) % 64);
+  for (int64_t i = 0; i < kBlocks * 512; ++i) group[i] = Fp32ToBf16(static_cast<float>(small(rng)));
+  std::vector<uint16_t> x(kRows * kBlocks * 32);
+  for (uint16_t& v : x) v = Fp32ToBf16(static_cast<float>(small(rng)));
+  const auto* xq = reinterpret_cast<const uint8_t*>(x.data());
+  const auto* g = reinterpret_cast<const uint8_t*>(group);
+  float got[kMaxPackedTileRows * 16], want[kMaxPackedTileRows * 16];
+  GemmBf16Tiles<HardwareTiles>(g, kBlocks, xq, kBlocks * 64, kRows, got);
+  GemmBf16Tiles<EmulatedTiles>(g, kBlocks, xq, kBlocks * 64, kRows, want);
+  return std::memcmp(got, want, sizeof(float) * kRows * 16) == 0;
 }
 
 thread_local sigjmp_buf probe_jump;
@@ -307,7 +405,9 @@ bool PassesWithoutFault(bool (*check)()) {
 
 }  // namespace
 
-bool AmxSelfCheckPasses() { return PassesWithoutFault(InstructionsMatchEmulation); }
+bool AmxSelfCheckPasses() { return PassesWithoutFault(Int8InstructionsMatchEmulation); }
+
+bool AmxBf16SelfCheckPasses() { return PassesWithoutFault(Bf16InstructionsMatchEmulation); }
 
 const KernelSet* AmxKernels() {
   static const KernelSet* set = []() -> const KernelSet* {
@@ -317,7 +417,12 @@ const KernelSet* AmxKernels() {
       std::fprintf(stderr, "micromoe: AMX tiles fault or disagree with their emulation; using the avx512 kernels\n");
       return nullptr;
     }
-    static const KernelSet amx = WithTiles<HardwareTiles>("amx");
+    bool bf16 = f.amx_bf16 && Avx512Kernels()->gemm_bf16_x16 != nullptr;
+    if (bf16 && !AmxBf16SelfCheckPasses()) {
+      std::fprintf(stderr, "micromoe: AMX-BF16 tiles fault or disagree with their emulation; BF16 stays on avx512\n");
+      bf16 = false;
+    }
+    static const KernelSet amx = WithTiles<HardwareTiles>("amx", bf16);
     return &amx;
   }();
   return set;
@@ -325,7 +430,7 @@ const KernelSet* AmxKernels() {
 
 const KernelSet* AmxEmulatedKernels() {
   if (Avx512Kernels() == nullptr) return nullptr;
-  static const KernelSet set = WithTiles<EmulatedTiles>("amx-emulated");
+  static const KernelSet set = WithTiles<EmulatedTiles>("amx-emulated", Avx512Kernels()->gemm_bf16_x16 != nullptr);
   return &set;
 }
 

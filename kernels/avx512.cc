@@ -318,24 +318,100 @@ void GemvGroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const
   for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, acc[i]);
 }
 
+// Packed BF16 (packed.h): line p of a group holds column pair p of its 16
+// rows, so VDPBF16PS with the activation pair broadcast adds both products
+// to each row's lane. Two accumulator chains per activation row (even and odd
+// lines) keep the instruction's latency covered.
+template <int kRows>
+__attribute__((target("avx512bf16"))) void GemmBf16X16Rows(const uint8_t* group, int64_t nb, const uint8_t* x,
+                                                           uint64_t x_stride, float* out) {
+  __m512 even[kRows], odd[kRows];
+  for (int r = 0; r < kRows; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+  const int64_t lines = nb * 16;
+  for (int64_t p = 0; p < lines; p += 2) {
+    const uint8_t* q = group + p * 64;
+    _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes + 64), _MM_HINT_T0);
+    const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_load_si512(q));
+    const __m512bh w1 = reinterpret_cast<__m512bh>(_mm512_load_si512(q + 64));
+    for (int r = 0; r < kRows; ++r) {
+      int32_t pairs[2];
+      __builtin_memcpy(pairs, x + r * x_stride + p * 4, 8);
+      even[r] = _mm512_dpbf16_ps(even[r], w0, reinterpret_cast<__m512bh>(_mm512_set1_epi32(pairs[0])));
+      odd[r] = _mm512_dpbf16_ps(odd[r], w1, reinterpret_cast<__m512bh>(_mm512_set1_epi32(pairs[1])));
+    }
+  }
+  for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, _mm512_add_ps(even[r], odd[r]));
+}
+
+void GemmBf16X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+                 uint64_t /*terms_stride*/, int n_x, float* out) {
+  switch (n_x) {
+    case 1: return GemmBf16X16Rows<1>(group, nb, xq, xq_stride, out);
+    case 2: return GemmBf16X16Rows<2>(group, nb, xq, xq_stride, out);
+    case 3: return GemmBf16X16Rows<3>(group, nb, xq, xq_stride, out);
+    default: return GemmBf16X16Rows<4>(group, nb, xq, xq_stride, out);
+  }
+}
+
+// The decode form of GemmBf16X16Rows<1> over kGroups streams, as GemvGroupsOf.
+template <int kGroups>
+__attribute__((target("avx512bf16"))) void GemvBf16GroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb,
+                                                            const uint8_t* x, float* out, int64_t out_stride) {
+  __m512 even[kGroups], odd[kGroups];
+  for (int i = 0; i < kGroups; ++i) even[i] = odd[i] = _mm512_setzero_ps();
+  const int64_t lines = nb * 16;
+  for (int64_t p = 0; p < lines; p += 2) {
+    int32_t pairs[2];
+    __builtin_memcpy(pairs, x + p * 4, 8);
+    const __m512bh x0 = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pairs[0]));
+    const __m512bh x1 = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pairs[1]));
+    for (int i = 0; i < kGroups; ++i) {
+      const uint8_t* q = group + i * stream_bytes + p * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups + 64), _MM_HINT_T0);
+      even[i] = _mm512_dpbf16_ps(even[i], reinterpret_cast<__m512bh>(_mm512_load_si512(q)), x0);
+      odd[i] = _mm512_dpbf16_ps(odd[i], reinterpret_cast<__m512bh>(_mm512_load_si512(q + 64)), x1);
+    }
+  }
+  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, _mm512_add_ps(even[i], odd[i]));
+}
+
+// The streamed group kernels of each packed type, for GemvGroups.
+template <bool kQ4>
+struct QuantGroups {
+  template <int kGroups>
+  static void Run(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* xq, const float* terms,
+                  float* out, int64_t out_stride) {
+    GemvGroupsOf<kQ4, kGroups>(group, stream_bytes, nb, xq, terms, out, out_stride);
+  }
+};
+struct Bf16Groups {
+  template <int kGroups>
+  static void Run(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* xq, const float* /*terms*/,
+                  float* out, int64_t out_stride) {
+    GemvBf16GroupsOf<kGroups>(group, stream_bytes, nb, xq, out, out_stride);
+  }
+};
+
 // n_groups adjacent groups as kGemvStreams streams, each a contiguous part
 // (so a stream's prefetches run on into its next group), then the few left over.
-template <bool kQ4>
+template <class Groups>
 void GemvGroups(const uint8_t* group, uint64_t group_bytes, int64_t n_groups, int64_t nb, const uint8_t* xq,
                 const float* terms, float* out) {
   static_assert(kGemvStreams == 4, "the switch below covers 1-3 groups left over");
   const int64_t per_stream = n_groups / kGemvStreams;
   for (int64_t j = 0; j < per_stream; ++j) {
-    GemvGroupsOf<kQ4, kGemvStreams>(group + j * group_bytes, per_stream * group_bytes, nb, xq, terms, out + 16 * j,
-                                    16 * per_stream);
+    Groups::template Run<kGemvStreams>(group + j * group_bytes, per_stream * group_bytes, nb, xq, terms,
+                                       out + 16 * j, 16 * per_stream);
   }
   const int64_t done = kGemvStreams * per_stream;
   group += done * group_bytes;
   out += 16 * done;
   switch (n_groups - done) {
-    case 1: return GemvGroupsOf<kQ4, 1>(group, group_bytes, nb, xq, terms, out, 16);
-    case 2: return GemvGroupsOf<kQ4, 2>(group, group_bytes, nb, xq, terms, out, 16);
-    case 3: return GemvGroupsOf<kQ4, 3>(group, group_bytes, nb, xq, terms, out, 16);
+    case 1: return Groups::template Run<1>(group, group_bytes, nb, xq, terms, out, 16);
+    case 2: return Groups::template Run<2>(group, group_bytes, nb, xq, terms, out, 16);
+    case 3: return Groups::template Run<3>(group, group_bytes, nb, xq, terms, out, 16);
     default: return;
   }
 }
@@ -530,12 +606,20 @@ void SoftmaxF32(float* s, int64_t n, float scale) {
 }  // namespace
 
 const KernelSet* Avx512Kernels() {
-  static const KernelSet set = {"avx512", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
-                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
-                                QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
-                                OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
-                                DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
-                                GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, GemvGroups<false>, GemvGroups<true>};
+  static const KernelSet set = [] {
+    KernelSet s = {"avx512", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
+                   QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
+                   QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
+                   OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
+                   DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
+                   GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, GemvGroups<QuantGroups<false>>,
+                   GemvGroups<QuantGroups<true>>};
+    if (GetCpuFeatures().avx512bf16) {
+      s.gemm_bf16_x16 = GemmBf16X16;
+      s.gemv_bf16_groups = GemvGroups<Bf16Groups>;
+    }
+    return s;
+  }();
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c) ? &set : nullptr;
 }

@@ -85,9 +85,16 @@ struct KernelSet {
                               const uint8_t* xq, const float* terms, float* out);
   GemvGroups gemv_q8_0_groups = nullptr;
   GemvGroups gemv_q4_0_groups = nullptr;
-  // The most activation rows gemm_q8_0_x16 / gemm_q4_0_x16 take per call
+  // The most activation rows the packed gemm_*_x16 kernels take per call
   // (at most kMaxPackedTileRows).
   int packed_tile_rows = 4;
+  // Packed BF16 (layout in packed.h), with the GemmX16 / GemvGroups
+  // signatures: nb 32-column blocks, xq the activation rows as BF16 (row r at
+  // xq + r * xq_stride bytes), terms unused. Products of the BF16 values are
+  // exact in float; the sums are float (double in the scalar reference).
+  // nullptr: BF16 weights stay in the file layout.
+  GemmX16 gemm_bf16_x16 = nullptr;
+  GemvGroups gemv_bf16_groups = nullptr;
 };
 
 // Plain C++ reference; always available.
@@ -106,5 +113,7 @@ const KernelSet* AmxEmulatedKernels();
 // emulation, with SIGILL / SIGSEGV caught, so it returns false rather than
 // crashing where the CPU or Linux refuses the tiles.
 bool AmxSelfCheckPasses();
+// The same for the AMX-BF16 tiles.
+bool AmxBf16SelfCheckPasses();
 
 }  // namespace micromoe::kernels

@@ -142,10 +142,24 @@ void DequantizeRow(TensorType type, const void* src, float* dst, int64_t n, cons
 
 void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, int64_t n_x, int64_t cols,
                           const KernelSet& ks) {
+  weight_type_ = weight_type;
   x_ = x;
   ldx_ = ldx;
   n_x_ = n_x;
   quantized_ = false;
+  if (weight_type == TensorType::kBF16) {
+    rounded_.Resize(static_cast<size_t>(n_x * cols));
+    bf16_.Resize(rounded_.size());
+    for (int64_t r = 0; r < n_x; ++r) {
+      for (int64_t i = 0; i < cols; ++i) {
+        bf16_[r * cols + i] = Fp32ToBf16(x[r * ldx + i]);
+        rounded_[r * cols + i] = Bf16ToFp32(bf16_[r * cols + i]);
+      }
+    }
+    x_ = rounded_.data();
+    ldx_ = cols;
+    return;
+  }
   if (IsKQuant(weight_type)) {
     q8_row_bytes_ = static_cast<uint64_t>(cols / kQK_K) * sizeof(BlockQ8_K);
     q8_.Resize(q8_row_bytes_ * n_x);
@@ -176,11 +190,37 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
 
 namespace {
 
+// What the packed kernels of one weight type read: activation rows (codes
+// `stride` bytes apart) and per-row terms (Q8_0 / Q4_0 only).
+struct PackedInput {
+  KernelSet::GemmX16 gemm;
+  KernelSet::GemvGroups gemv;
+  const uint8_t* codes;
+  uint64_t stride;
+  const float* terms;
+  uint64_t terms_stride;
+};
+
+PackedInput PackedInputFor(TensorType type, const Activations& x, const KernelSet& ks) {
+  switch (type) {
+    case TensorType::kQ8_0:
+      return {ks.gemm_q8_0_x16, ks.gemv_q8_0_groups, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
+              x.terms_row(0), x.terms_stride()};
+    case TensorType::kQ4_0:
+      return {ks.gemm_q4_0_x16, ks.gemv_q4_0_groups, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
+              x.terms_row(0), x.terms_stride()};
+    default:  // BF16, the one other type CanPack accepts
+      return {ks.gemm_bf16_x16, ks.gemv_bf16_groups, reinterpret_cast<const uint8_t*>(x.bf16_row(0)),
+              static_cast<uint64_t>(x.f32_stride()) * sizeof(uint16_t), nullptr, 0};
+  }
+}
+
 // Rows [o_begin, o_end) within the packed rows, a group of 16 rows and up to
 // ks.packed_tile_rows activation rows per kernel call; each group's weights (a
 // few KiB) stay in L1 while every activation tile passes over them.
 void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
-                      int64_t o_end, KernelSet::GemmX16 gemm, KernelSet::GemvGroups gemv, int tile_rows) {
+                      int64_t o_end, const KernelSet& ks) {
+  const PackedInput in = PackedInputFor(w.type, x, ks);
   const int64_t nb = w.cols / kQK;
   const int64_t n_x = x.n_rows();
   float out[kMaxPackedTileRows * kPackRows];
@@ -190,17 +230,16 @@ void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64
     // Decode: all the whole groups of the range in one call (one activation
     // row, so the outputs are contiguous in y).
     const int64_t whole = o_end / kPackRows - g;
-    if (n_x == 1 && gemv != nullptr && first == g * kPackRows && whole >= 1) {
-      gemv(group, w.packed_group_bytes, whole, nb, static_cast<const uint8_t*>(x.q8_row(0)), x.terms_row(0),
-           y + g * kPackRows);
+    if (n_x == 1 && in.gemv != nullptr && first == g * kPackRows && whole >= 1) {
+      in.gemv(group, w.packed_group_bytes, whole, nb, in.codes, in.terms, y + g * kPackRows);
       g += whole - 1;
       continue;
     }
     const int64_t last = std::min(o_end, (g + 1) * kPackRows);
-    for (int64_t r = 0; r < n_x; r += tile_rows) {
-      const int tile = static_cast<int>(std::min<int64_t>(tile_rows, n_x - r));
-      gemm(group, nb, static_cast<const uint8_t*>(x.q8_row(r)), x.q8_row_bytes(), x.terms_row(r),
-           x.terms_stride(), tile, out);
+    for (int64_t r = 0; r < n_x; r += ks.packed_tile_rows) {
+      const int tile = static_cast<int>(std::min<int64_t>(ks.packed_tile_rows, n_x - r));
+      in.gemm(group, nb, in.codes + r * in.stride, in.stride, in.terms + r * in.terms_stride, in.terms_stride, tile,
+              out);
       for (int t = 0; t < tile; ++t) {
         for (int64_t o = first; o < last; ++o) y[(r + t) * ldy + o] = out[t * kPackRows + (o - g * kPackRows)];
       }
@@ -232,11 +271,9 @@ void MatMulQuantizedRows(const MatrixView& w, const Activations& x, float* y, in
 void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
                 int64_t o_end, const KernelSet& ks) {
   const int64_t n_x = x.n_rows();
-  if (x.quantized() && w.packed != nullptr && CanPack(w.type, ks) && o_begin < w.packed_rows) {
+  if (x.weight_type() == w.type && w.packed != nullptr && CanPack(w.type, ks) && o_begin < w.packed_rows) {
     const int64_t packed_end = std::min(o_end, w.packed_rows);
-    const bool q8 = w.type == TensorType::kQ8_0;
-    MatMulPackedRows(w, x, y, ldy, o_begin, packed_end, q8 ? ks.gemm_q8_0_x16 : ks.gemm_q4_0_x16,
-                     q8 ? ks.gemv_q8_0_groups : ks.gemv_q4_0_groups, ks.packed_tile_rows);
+    MatMulPackedRows(w, x, y, ldy, o_begin, packed_end, ks);
     o_begin = packed_end;
   }
   if (x.quantized()) {

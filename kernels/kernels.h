@@ -42,7 +42,11 @@ void DequantizeRow(gguf::TensorType type, const void* src, float* dst, int64_t n
 // Activation rows in the form a weight type's dot product reads: F32 rows as
 // given, or rows quantized once so integer dot products run on both sides:
 // to Q8_0 blocks for Q8_0 / Q4_0 weights, to Q8_K blocks for Q4_K / Q5_K /
-// Q6_K weights. Prepare once per matrix product.
+// Q6_K weights. For BF16 weights the rows are rounded to BF16 (nearest even),
+// as the BF16 dot-product instructions (AVX512-BF16, AMX-BF16) take them and
+// as llama.cpp does on CPUs, on every back-end, so that results do not
+// depend on the CPU beyond the order of the float sums: f32_row then gives
+// the rounded values and bf16_row their codes. Prepare once per matrix product.
 class Activations {
  public:
   // x: n_x rows of `cols` floats with row stride ldx; must outlive this object.
@@ -57,8 +61,12 @@ class Activations {
   // Per block of each Q8_0 row, {d, C * sum of codes} for the packed kernels.
   const float* terms_row(int64_t r) const { return terms_.data() + r * terms_stride_; }
   uint64_t terms_stride() const { return terms_stride_; }
+  const uint16_t* bf16_row(int64_t r) const { return bf16_.data() + r * ldx_; }
+  // The weight type Prepare was called for.
+  gguf::TensorType weight_type() const { return weight_type_; }
 
  private:
+  gguf::TensorType weight_type_ = gguf::TensorType::kF32;
   const float* x_ = nullptr;
   int64_t ldx_ = 0, n_x_ = 0;
   uint64_t q8_row_bytes_ = 0;
@@ -66,6 +74,8 @@ class Activations {
   bool quantized_ = false;
   Scratch<uint8_t> q8_;
   Scratch<float> terms_;
+  Scratch<float> rounded_;
+  Scratch<uint16_t> bf16_;
 };
 
 // For o in [o_begin, o_end) and r in [0, x.n_rows()): y[r * ldy + o] = dot(W row o, x row r).

@@ -1,4 +1,4 @@
-// Weights repacked once at load for the integer kernels: sixteen rows are
+// Weights repacked once at load for the packed kernels: sixteen rows are
 // interleaved per 32-column block, so one 64-byte load holds four consecutive
 // weights of each of 16 rows and the products land one row per 32-bit lane
 // (no horizontal sums; one load brings the 16 rows' block scales).
@@ -11,8 +11,14 @@
 //     Q4_0: 4 chunks; byte j is GGUF's nibble byte 4k+j (low nibble: weight
 //           4k+j, high nibble: weight 16+4k+j, each stored + 8);
 //   scales: nb blocks of 16 fp16 scales, row i at position i;
-// padded to a multiple of 64 bytes. Rows past the last full group stay in the
-// original layout.
+// padded to a multiple of 64 bytes.
+//
+// BF16 (cols a multiple of 32): one 64-byte line per pair of columns 2p, 2p+1,
+// bytes 4i..4i+3 holding row i's two values (the pairs VDPBF16PS multiplies
+// and the B-tile layout of AMX's TDPBF16PS: a 32-column block is 16 lines,
+// one 1 KiB tile); no scales.
+//
+// Rows past the last full group stay in the original layout.
 #pragma once
 
 #include <cstdint>

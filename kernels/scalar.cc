@@ -252,6 +252,27 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
   }
 }
 
+// Packed BF16 read element by element, summed in double in column order as
+// DotBf16F32 and GemmF32X16 sum the same products.
+void GemmBf16X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+                 uint64_t /*terms_stride*/, int n_x, float* out) {
+  auto value = [](const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return Bf16ToFp32(h);
+  };
+  for (int r = 0; r < n_x; ++r) {
+    const uint8_t* x = xq + r * xq_stride;
+    for (int row = 0; row < 16; ++row) {
+      double sum = 0;
+      for (int64_t c = 0; c < nb * kQK; ++c) {
+        sum += static_cast<double>(value(group + (c / 2) * 64 + row * 4 + (c % 2) * 2)) * value(x + 2 * c);
+      }
+      out[r * 16 + row] = static_cast<float>(sum);
+    }
+  }
+}
+
 void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int n_x, float* out) {
   for (int r = 0; r < n_x; ++r) {
     for (int i = 0; i < 16; ++i) {
@@ -285,11 +306,15 @@ void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, 
 }  // namespace
 
 const KernelSet& ScalarKernels() {
-  static const KernelSet set = {"scalar", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
-                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
-                                QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, Dot4<DotQ4_KQ8_K>,
-                                Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>,
-                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32};
+  static const KernelSet set = [] {
+    KernelSet s = {"scalar", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
+                   QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
+                   QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, Dot4<DotQ4_KQ8_K>,
+                   Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>,
+                   GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32};
+    s.gemm_bf16_x16 = GemmBf16X16;
+    return s;
+  }();
   return set;
 }
 

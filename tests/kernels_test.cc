@@ -1011,7 +1011,9 @@ TEST_P(KernelSetTest, MatMulMatchesDoubleReferenceOnDequantizedWeights) {
         for (int64_t o = 0; o < kRows; ++o) {
           double ref = 0, mag = 0;
           for (int64_t i = 0; i < kCols; ++i) {
-            const double t = static_cast<double>(wd[o * kCols + i]) * x[r * kLdx + i];
+            // BF16 weights take activations rounded to BF16 (kernels.h).
+            const float xi = c.type == TensorType::kBF16 ? RefBf16(RefFp32ToBf16(x[r * kLdx + i])) : x[r * kLdx + i];
+            const double t = static_cast<double>(wd[o * kCols + i]) * xi;
             ref += t;
             mag += std::fabs(t);
           }
@@ -1121,7 +1123,7 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5, kCols = 7 * kQK;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0}) {
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16}) {
     if (!CanPack(type, *ks_)) continue;
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
@@ -1151,7 +1153,9 @@ TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
         if (ks_ == &ScalarKernels()) {
           ASSERT_EQ(got[i], expect[i]) << gguf::TypeName(type) << " n_x=" << n_x << " i=" << i;
         } else {
-          ASSERT_NEAR(got[i], expect[i], 1e-5f * (1 + std::fabs(expect[i])))
+          // BF16 sums 224 float products per row where the integer kernels sum 7 block results.
+          const float tol = type == TensorType::kBF16 ? 1e-4f : 1e-5f;
+          ASSERT_NEAR(got[i], expect[i], tol * (1 + std::fabs(expect[i])))
               << gguf::TypeName(type) << " n_x=" << n_x << " i=" << i;
         }
       }
@@ -1262,7 +1266,7 @@ TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   // without packed kernels read the original rows.
   constexpr int64_t kRows = 2 * kPackRows, kCols = 4 * kQK;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols), x = RandomFloats(rng_, kCols);
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0}) {
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16}) {
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     if (!CanPack(type, ScalarKernels())) GTEST_SKIP() << "scalar packed kernels expected";
@@ -1288,6 +1292,32 @@ TEST(PackedWeightsTest, SmallMatricesAndAFullArenaStayUnpacked) {
   EXPECT_EQ(arena.Pack({TensorType::kQ8_0, bytes.data(), 16, kQK, sizeof(BlockQ8_0)}).packed, nullptr) << "full";
   EXPECT_FALSE(CanPack(TensorType::kF16, ScalarKernels()));
   EXPECT_FALSE(CanPack(TensorType::kQ4_K, ScalarKernels()));
+  // BF16 packs whole 32-column blocks only.
+  const std::vector<uint8_t> half(16 * 48 * 2, 0);
+  PackedArena bf16_arena(PackedBytes(TensorType::kBF16, 16, 64));
+  EXPECT_EQ(bf16_arena.Pack({TensorType::kBF16, half.data(), 16, 48, 96}).packed, nullptr) << "48 columns";
+  EXPECT_NE(bf16_arena.Pack({TensorType::kBF16, half.data(), 16, 32, 64}).packed, nullptr);
+}
+
+TEST(PackedWeightsTest, Bf16LayoutPutsAColumnPairOfEachRowPerLane) {
+  constexpr int64_t kCols = 2 * kQK;
+  std::vector<uint16_t> rows(kPackRows * kCols);
+  for (int i = 0; i < kPackRows; ++i) {
+    for (int c = 0; c < kCols; ++c) rows[i * kCols + c] = static_cast<uint16_t>(i * 1000 + c);
+  }
+  PackedArena arena(PackedBytes(TensorType::kBF16, kPackRows, kCols));
+  const MatrixView v =
+      arena.Pack({TensorType::kBF16, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows, kCols, kCols * 2});
+  ASSERT_NE(v.packed, nullptr);
+  EXPECT_EQ(v.packed_group_bytes, static_cast<uint64_t>(kCols / 2 * 64));
+  for (int p = 0; p < kCols / 2; ++p) {
+    for (int i = 0; i < kPackRows; ++i) {
+      uint16_t pair[2];
+      std::memcpy(pair, v.packed + p * 64 + i * 4, 4);
+      ASSERT_EQ(pair[0], i * 1000 + 2 * p) << p << " " << i;
+      ASSERT_EQ(pair[1], i * 1000 + 2 * p + 1) << p << " " << i;
+    }
+  }
 }
 
 TEST(PackedWeightsTest, LayoutPutsFourWeightsOfEachRowPerLane) {
@@ -1344,7 +1374,10 @@ TEST(KernelsTest, AmxSelfCheckRefusesWithoutFaultingWhereTilesAreMissing) {
   // passing check may enable the amx back-end.
   const bool passes = AmxSelfCheckPasses();
   EXPECT_EQ(passes, AmxKernels() != nullptr);
-  if (!GetCpuFeatures().amx_tile) EXPECT_FALSE(passes);
+  if (!GetCpuFeatures().amx_tile) {
+    EXPECT_FALSE(passes);
+    EXPECT_FALSE(AmxBf16SelfCheckPasses());
+  }
 }
 
 TEST(KernelsTest, SupportedWeightTypes) {

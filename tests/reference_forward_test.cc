@@ -28,7 +28,7 @@ float HalfToFloat(uint16_t h) {
   return static_cast<float>(sign ? -v : v);
 }
 
-// Decodes a whole tensor to floats from its GGUF bytes (F32, F16, Q8_0, Q4_0).
+// Decodes a whole tensor to floats from its GGUF bytes (F32, F16, BF16, Q8_0, Q4_0).
 std::vector<double> Decode(const gguf::TensorInfo& t) {
   std::vector<double> out(t.n_elements);
   const uint8_t* p = t.data;
@@ -45,6 +45,16 @@ std::vector<double> Decode(const gguf::TensorInfo& t) {
         uint16_t h;
         std::memcpy(&h, p + 2 * i, 2);
         out[i] = HalfToFloat(h);
+      }
+      break;
+    case TensorType::kBF16:
+      for (uint64_t i = 0; i < t.n_elements; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        out[i] = f;
       }
       break;
     case TensorType::kQ8_0:
@@ -278,6 +288,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"dense_f32", Spec(0, TensorType::kF32), 1e-3},
                       Case{"moe_f16", Spec(4, TensorType::kF16), 1e-3},
                       Case{"qwen3moe_f32", Spec(4, TensorType::kF32, false, "qwen3moe"), 1e-3},
+                      // BF16 weights take activations rounded to BF16 (8 bits of mantissa).
+                      Case{"moe_bf16", Spec(4, TensorType::kBF16), 0.02},
                       // Q8_0 / Q4_0 round activations to 8 bits inside the products.
                       Case{"moe_q8_0", Spec(4, TensorType::kQ8_0), 0.05},
                       Case{"moe_q4_0", Spec(4, TensorType::kQ4_0), 0.05}),
