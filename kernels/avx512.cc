@@ -322,6 +322,14 @@ void GemvGroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const
 // rows, so VDPBF16PS with the activation pair broadcast adds both products
 // to each row's lane. Two accumulator chains per activation row (even and odd
 // lines) keep the instruction's latency covered.
+// One BF16 pair (4 bytes at p) in every lane. Read as one scalar each: an
+// array of two let GCC keep the accumulators on the stack.
+__attribute__((target("avx512bf16"))) inline __m512bh BroadcastPair(const uint8_t* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return reinterpret_cast<__m512bh>(_mm512_set1_epi32(v));
+}
+
 template <int kRows>
 __attribute__((target("avx512bf16"))) void GemmBf16X16Rows(const uint8_t* group, int64_t nb, const uint8_t* x,
                                                            uint64_t x_stride, float* out) {
@@ -335,10 +343,9 @@ __attribute__((target("avx512bf16"))) void GemmBf16X16Rows(const uint8_t* group,
     const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_load_si512(q));
     const __m512bh w1 = reinterpret_cast<__m512bh>(_mm512_load_si512(q + 64));
     for (int r = 0; r < kRows; ++r) {
-      int32_t pairs[2];
-      __builtin_memcpy(pairs, x + r * x_stride + p * 4, 8);
-      even[r] = _mm512_dpbf16_ps(even[r], w0, reinterpret_cast<__m512bh>(_mm512_set1_epi32(pairs[0])));
-      odd[r] = _mm512_dpbf16_ps(odd[r], w1, reinterpret_cast<__m512bh>(_mm512_set1_epi32(pairs[1])));
+      const uint8_t* pairs = x + r * x_stride + p * 4;
+      even[r] = _mm512_dpbf16_ps(even[r], w0, BroadcastPair(pairs));
+      odd[r] = _mm512_dpbf16_ps(odd[r], w1, BroadcastPair(pairs + 4));
     }
   }
   for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, _mm512_add_ps(even[r], odd[r]));
@@ -362,10 +369,7 @@ __attribute__((target("avx512bf16"))) void GemvBf16GroupsOf(const uint8_t* group
   for (int i = 0; i < kGroups; ++i) even[i] = odd[i] = _mm512_setzero_ps();
   const int64_t lines = nb * 16;
   for (int64_t p = 0; p < lines; p += 2) {
-    int32_t pairs[2];
-    __builtin_memcpy(pairs, x + p * 4, 8);
-    const __m512bh x0 = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pairs[0]));
-    const __m512bh x1 = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pairs[1]));
+    const __m512bh x0 = BroadcastPair(x + p * 4), x1 = BroadcastPair(x + p * 4 + 4);
     for (int i = 0; i < kGroups; ++i) {
       const uint8_t* q = group + i * stream_bytes + p * 64;
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups), _MM_HINT_T0);
