@@ -351,13 +351,57 @@ __attribute__((target("avx512bf16"))) void GemmBf16X16Rows(const uint8_t* group,
   for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, _mm512_add_ps(even[r], odd[r]));
 }
 
-void GemmBf16X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+// Packed F16: the 32 halves of line p converted to two float vectors, rows
+// 0-7 and 8-15, each row's even and odd column in adjacent lanes, multiplied
+// by the activation pair broadcast as one 64-bit value; adjacent lanes are
+// added at the end. Two chains (low and high rows) per activation row.
+inline __m512 BroadcastFloatPair(const uint8_t* p) {
+  double v;
+  __builtin_memcpy(&v, p, 8);
+  return _mm512_castpd_ps(_mm512_set1_pd(v));
+}
+
+// out[i] = lane 2i + lane 2i + 1 of (low, high): row i of the 16.
+inline __m512 AddLanePairs(__m512 low, __m512 high) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  return _mm512_add_ps(_mm512_permutex2var_ps(low, even, high), _mm512_permutex2var_ps(low, odd, high));
+}
+
+template <int kRows>
+void GemmF16X16Rows(const uint8_t* group, int64_t nb, const uint8_t* x, uint64_t x_stride, float* out) {
+  __m512 low[kRows], high[kRows];
+  for (int r = 0; r < kRows; ++r) low[r] = high[r] = _mm512_setzero_ps();
+  const int64_t lines = nb * 16;
+  for (int64_t p = 0; p < lines; ++p) {
+    const uint8_t* q = group + p * 64;
+    _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes), _MM_HINT_T0);
+    const __m512 w_low = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(q)));
+    const __m512 w_high = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32)));
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 pair = BroadcastFloatPair(x + r * x_stride + p * 8);
+      low[r] = _mm512_fmadd_ps(w_low, pair, low[r]);
+      high[r] = _mm512_fmadd_ps(w_high, pair, high[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, AddLanePairs(low[r], high[r]));
+}
+
+// Tiles of up to four activation rows (the AMX back-end passes up to 16).
+template <void (*kRowsOf1)(const uint8_t*, int64_t, const uint8_t*, uint64_t, float*),
+          void (*kRowsOf2)(const uint8_t*, int64_t, const uint8_t*, uint64_t, float*),
+          void (*kRowsOf3)(const uint8_t*, int64_t, const uint8_t*, uint64_t, float*),
+          void (*kRowsOf4)(const uint8_t*, int64_t, const uint8_t*, uint64_t, float*)>
+void GemmHalfX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
                  uint64_t /*terms_stride*/, int n_x, float* out) {
-  switch (n_x) {
-    case 1: return GemmBf16X16Rows<1>(group, nb, xq, xq_stride, out);
-    case 2: return GemmBf16X16Rows<2>(group, nb, xq, xq_stride, out);
-    case 3: return GemmBf16X16Rows<3>(group, nb, xq, xq_stride, out);
-    default: return GemmBf16X16Rows<4>(group, nb, xq, xq_stride, out);
+  for (int r = 0; r < n_x; r += 4) {
+    const uint8_t* x = xq + r * xq_stride;
+    switch (std::min(4, n_x - r)) {
+      case 1: kRowsOf1(group, nb, x, xq_stride, out + r * 16); break;
+      case 2: kRowsOf2(group, nb, x, xq_stride, out + r * 16); break;
+      case 3: kRowsOf3(group, nb, x, xq_stride, out + r * 16); break;
+      default: kRowsOf4(group, nb, x, xq_stride, out + r * 16); break;
+    }
   }
 }
 
@@ -381,6 +425,26 @@ __attribute__((target("avx512bf16"))) void GemvBf16GroupsOf(const uint8_t* group
   for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, _mm512_add_ps(even[i], odd[i]));
 }
 
+// The decode form of GemmF16X16Rows<1> over kGroups streams, as GemvGroupsOf.
+template <int kGroups>
+void GemvF16GroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* x, float* out,
+                     int64_t out_stride) {
+  __m512 low[kGroups], high[kGroups];
+  for (int i = 0; i < kGroups; ++i) low[i] = high[i] = _mm512_setzero_ps();
+  const int64_t lines = nb * 16;
+  for (int64_t p = 0; p < lines; ++p) {
+    const __m512 pair = BroadcastFloatPair(x + p * 8);
+    for (int i = 0; i < kGroups; ++i) {
+      const uint8_t* q = group + i * stream_bytes + p * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups), _MM_HINT_T0);
+      low[i] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(q))), pair, low[i]);
+      high[i] =
+          _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32))), pair, high[i]);
+    }
+  }
+  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, AddLanePairs(low[i], high[i]));
+}
+
 // The streamed group kernels of each packed type, for GemvGroups.
 template <bool kQ4>
 struct QuantGroups {
@@ -390,11 +454,16 @@ struct QuantGroups {
     GemvGroupsOf<kQ4, kGroups>(group, stream_bytes, nb, xq, terms, out, out_stride);
   }
 };
-struct Bf16Groups {
+template <bool kBf16>
+struct HalfGroups {
   template <int kGroups>
   static void Run(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* xq, const float* /*terms*/,
                   float* out, int64_t out_stride) {
-    GemvBf16GroupsOf<kGroups>(group, stream_bytes, nb, xq, out, out_stride);
+    if constexpr (kBf16) {
+      GemvBf16GroupsOf<kGroups>(group, stream_bytes, nb, xq, out, out_stride);
+    } else {
+      GemvF16GroupsOf<kGroups>(group, stream_bytes, nb, xq, out, out_stride);
+    }
   }
 };
 
@@ -618,9 +687,12 @@ const KernelSet* Avx512Kernels() {
                    DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
                    GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, GemvGroups<QuantGroups<false>>,
                    GemvGroups<QuantGroups<true>>};
+    s.gemm_f16_x16 = GemmHalfX16<GemmF16X16Rows<1>, GemmF16X16Rows<2>, GemmF16X16Rows<3>, GemmF16X16Rows<4>>;
+    s.gemv_f16_groups = GemvGroups<HalfGroups<false>>;
     if (GetCpuFeatures().avx512bf16) {
-      s.gemm_bf16_x16 = GemmBf16X16;
-      s.gemv_bf16_groups = GemvGroups<Bf16Groups>;
+      s.gemm_bf16_x16 =
+          GemmHalfX16<GemmBf16X16Rows<1>, GemmBf16X16Rows<2>, GemmBf16X16Rows<3>, GemmBf16X16Rows<4>>;
+      s.gemv_bf16_groups = GemvGroups<HalfGroups<true>>;
     }
     return s;
   }();

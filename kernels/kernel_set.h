@@ -88,13 +88,16 @@ struct KernelSet {
   // The most activation rows the packed gemm_*_x16 kernels take per call
   // (at most kMaxPackedTileRows).
   int packed_tile_rows = 4;
-  // Packed BF16 (layout in packed.h), with the GemmX16 / GemvGroups
-  // signatures: nb 32-column blocks, xq the activation rows as BF16 (row r at
-  // xq + r * xq_stride bytes), terms unused. Products of the BF16 values are
-  // exact in float; the sums are float (double in the scalar reference).
-  // nullptr: BF16 weights stay in the file layout.
+  // Packed BF16 and F16 (layout in packed.h), with the GemmX16 / GemvGroups
+  // signatures: nb 32-column blocks, xq the activation rows (row r at xq + r *
+  // xq_stride bytes) as BF16 for BF16 weights and as F32 for F16 weights,
+  // terms unused; gemm_*_x16 take any n_x up to packed_tile_rows. Products
+  // are exact in float; the sums are float (double in the scalar reference).
+  // nullptr: the weights stay in the file layout.
   GemmX16 gemm_bf16_x16 = nullptr;
   GemvGroups gemv_bf16_groups = nullptr;
+  GemmX16 gemm_f16_x16 = nullptr;
+  GemvGroups gemv_f16_groups = nullptr;
 };
 
 // Plain C++ reference; always available.

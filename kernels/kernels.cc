@@ -209,9 +209,12 @@ PackedInput PackedInputFor(TensorType type, const Activations& x, const KernelSe
     case TensorType::kQ4_0:
       return {ks.gemm_q4_0_x16, ks.gemv_q4_0_groups, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
               x.terms_row(0), x.terms_stride()};
-    default:  // BF16, the one other type CanPack accepts
+    case TensorType::kBF16:
       return {ks.gemm_bf16_x16, ks.gemv_bf16_groups, reinterpret_cast<const uint8_t*>(x.bf16_row(0)),
               static_cast<uint64_t>(x.f32_stride()) * sizeof(uint16_t), nullptr, 0};
+    default:  // F16, the one other type CanPack accepts
+      return {ks.gemm_f16_x16, ks.gemv_f16_groups, reinterpret_cast<const uint8_t*>(x.f32_row(0)),
+              static_cast<uint64_t>(x.f32_stride()) * sizeof(float), nullptr, 0};
   }
 }
 

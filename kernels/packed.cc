@@ -17,9 +17,11 @@ namespace {
 
 int ChunkCount(TensorType type) { return type == TensorType::kQ8_0 ? 8 : 4; }
 
+bool IsHalf(TensorType type) { return type == TensorType::kBF16 || type == TensorType::kF16; }
+
 // Packs rows [16g, 16g + 16) of w into `dst`.
 void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
-  if (w.type == TensorType::kBF16) {
+  if (IsHalf(w.type)) {
     for (int i = 0; i < kPackRows; ++i) {
       const uint8_t* row = w.row(g * kPackRows + i);
       for (int64_t c = 0; c < w.cols; ++c) std::memcpy(dst + (c / 2) * 64 + i * 4 + (c % 2) * 2, row + 2 * c, 2);
@@ -56,13 +58,14 @@ bool CanPack(TensorType type, const KernelSet& ks) {
     case TensorType::kQ8_0: return ks.gemm_q8_0_x16 != nullptr;
     case TensorType::kQ4_0: return ks.gemm_q4_0_x16 != nullptr;
     case TensorType::kBF16: return ks.gemm_bf16_x16 != nullptr;
+    case TensorType::kF16: return ks.gemm_f16_x16 != nullptr;
     default: return false;
   }
 }
 
 uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
   const uint64_t nb = static_cast<uint64_t>(cols / kQK);
-  if (type == TensorType::kBF16) return nb * 16 * 64;
+  if (IsHalf(type)) return nb * 16 * 64;
   const uint64_t bytes = nb * (ChunkCount(type) * 64 + kPackRows * 2);
   return (bytes + 63) / 64 * 64;
 }
@@ -88,8 +91,8 @@ MatrixView PackedArena::Pack(const MatrixView& w) {
   const int64_t groups = w.rows / kPackRows;
   const uint64_t group_bytes = PackedGroupBytes(w.type, w.cols);
   const uint64_t size = group_bytes * static_cast<uint64_t>(groups);
-  // BF16 packs whole 32-column blocks (AMX tiles) only.
-  const bool whole_blocks = w.type != TensorType::kBF16 || w.cols % kQK == 0;
+  // BF16 and F16 pack whole 32-column blocks (AMX tiles) only.
+  const bool whole_blocks = !IsHalf(w.type) || w.cols % kQK == 0;
   if (groups == 0 || !whole_blocks || base_ == nullptr || size > capacity_ - used_) return w;
   uint8_t* base = base_ + used_;
   used_ += size;  // group_bytes is a multiple of 64, so the next piece stays aligned

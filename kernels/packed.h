@@ -13,10 +13,10 @@
 //   scales: nb blocks of 16 fp16 scales, row i at position i;
 // padded to a multiple of 64 bytes.
 //
-// BF16 (cols a multiple of 32): one 64-byte line per pair of columns 2p, 2p+1,
-// bytes 4i..4i+3 holding row i's two values (the pairs VDPBF16PS multiplies
-// and the B-tile layout of AMX's TDPBF16PS: a 32-column block is 16 lines,
-// one 1 KiB tile); no scales.
+// BF16 and F16 (cols a multiple of 32): one 64-byte line per pair of columns
+// 2p, 2p+1, bytes 4i..4i+3 holding row i's two values (the pairs VDPBF16PS
+// multiplies and the B-tile layout of AMX's TDPBF16PS: a 32-column block is
+// 16 lines, one 1 KiB tile); no scales.
 //
 // Rows past the last full group stay in the original layout.
 #pragma once

@@ -252,21 +252,33 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
   }
 }
 
-// Packed BF16 read element by element, summed in double in column order as
-// DotBf16F32 and GemmF32X16 sum the same products.
-void GemmBf16X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+// Packed BF16 / F16 read element by element, summed in double in column
+// order as DotBf16F32 / DotF16F32 and GemmF32X16 sum the same products.
+// Activations: BF16 codes for BF16 weights, floats for F16 weights.
+template <bool kBf16>
+void GemmHalfX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
                  uint64_t /*terms_stride*/, int n_x, float* out) {
-  auto value = [](const uint8_t* p) {
+  auto weight = [](const uint8_t* p) {
     uint16_t h;
     std::memcpy(&h, p, 2);
-    return Bf16ToFp32(h);
+    return kBf16 ? Bf16ToFp32(h) : Fp16ToFp32(h);
+  };
+  auto activation = [](const uint8_t* x, int64_t c) {
+    if constexpr (kBf16) {
+      uint16_t h;
+      std::memcpy(&h, x + 2 * c, 2);
+      return Bf16ToFp32(h);
+    }
+    float f;
+    std::memcpy(&f, x + 4 * c, 4);
+    return f;
   };
   for (int r = 0; r < n_x; ++r) {
     const uint8_t* x = xq + r * xq_stride;
     for (int row = 0; row < 16; ++row) {
       double sum = 0;
       for (int64_t c = 0; c < nb * kQK; ++c) {
-        sum += static_cast<double>(value(group + (c / 2) * 64 + row * 4 + (c % 2) * 2)) * value(x + 2 * c);
+        sum += static_cast<double>(weight(group + (c / 2) * 64 + row * 4 + (c % 2) * 2)) * activation(x, c);
       }
       out[r * 16 + row] = static_cast<float>(sum);
     }
@@ -312,7 +324,8 @@ const KernelSet& ScalarKernels() {
                    QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, Dot4<DotQ4_KQ8_K>,
                    Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>,
                    GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32};
-    s.gemm_bf16_x16 = GemmBf16X16;
+    s.gemm_bf16_x16 = GemmHalfX16<true>;
+    s.gemm_f16_x16 = GemmHalfX16<false>;
     return s;
   }();
   return set;

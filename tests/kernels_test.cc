@@ -1123,7 +1123,7 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5, kCols = 7 * kQK;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16}) {
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16}) {
     if (!CanPack(type, *ks_)) continue;
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
@@ -1153,8 +1153,8 @@ TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
         if (ks_ == &ScalarKernels()) {
           ASSERT_EQ(got[i], expect[i]) << gguf::TypeName(type) << " n_x=" << n_x << " i=" << i;
         } else {
-          // BF16 sums 224 float products per row where the integer kernels sum 7 block results.
-          const float tol = type == TensorType::kBF16 ? 1e-4f : 1e-5f;
+          // BF16 / F16 sum 224 float products per row where the integer kernels sum 7 block results.
+          const float tol = type == TensorType::kBF16 || type == TensorType::kF16 ? 1e-4f : 1e-5f;
           ASSERT_NEAR(got[i], expect[i], tol * (1 + std::fabs(expect[i])))
               << gguf::TypeName(type) << " n_x=" << n_x << " i=" << i;
         }
@@ -1266,7 +1266,7 @@ TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   // without packed kernels read the original rows.
   constexpr int64_t kRows = 2 * kPackRows, kCols = 4 * kQK;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols), x = RandomFloats(rng_, kCols);
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16}) {
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16}) {
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     if (!CanPack(type, ScalarKernels())) GTEST_SKIP() << "scalar packed kernels expected";
@@ -1290,16 +1290,18 @@ TEST(PackedWeightsTest, SmallMatricesAndAFullArenaStayUnpacked) {
   EXPECT_NE(v.packed, nullptr);
   EXPECT_EQ(v.packed_rows, 16);
   EXPECT_EQ(arena.Pack({TensorType::kQ8_0, bytes.data(), 16, kQK, sizeof(BlockQ8_0)}).packed, nullptr) << "full";
-  EXPECT_FALSE(CanPack(TensorType::kF16, ScalarKernels()));
+  EXPECT_FALSE(CanPack(TensorType::kF32, ScalarKernels()));
   EXPECT_FALSE(CanPack(TensorType::kQ4_K, ScalarKernels()));
-  // BF16 packs whole 32-column blocks only.
+  // BF16 and F16 pack whole 32-column blocks only.
   const std::vector<uint8_t> half(16 * 48 * 2, 0);
-  PackedArena bf16_arena(PackedBytes(TensorType::kBF16, 16, 64));
-  EXPECT_EQ(bf16_arena.Pack({TensorType::kBF16, half.data(), 16, 48, 96}).packed, nullptr) << "48 columns";
-  EXPECT_NE(bf16_arena.Pack({TensorType::kBF16, half.data(), 16, 32, 64}).packed, nullptr);
+  for (TensorType type : {TensorType::kBF16, TensorType::kF16}) {
+    PackedArena half_arena(PackedBytes(type, 16, 64));
+    EXPECT_EQ(half_arena.Pack({type, half.data(), 16, 48, 96}).packed, nullptr) << "48 columns";
+    EXPECT_NE(half_arena.Pack({type, half.data(), 16, 32, 64}).packed, nullptr);
+  }
 }
 
-TEST(PackedWeightsTest, Bf16LayoutPutsAColumnPairOfEachRowPerLane) {
+TEST(PackedWeightsTest, HalfLayoutPutsAColumnPairOfEachRowPerLane) {
   constexpr int64_t kCols = 2 * kQK;
   std::vector<uint16_t> rows(kPackRows * kCols);
   for (int i = 0; i < kPackRows; ++i) {
