@@ -284,16 +284,17 @@ void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, flo
   for (int r = 0; r < kRows; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
-// The decode form of GemmX16Rows<1> over kGroups groups, stream_bytes apart:
+// The decode form of GemmX16Rows<1> over kGroups groups (groups[i], each the
+// next group of its stream):
 // the activation broadcasts and terms of a block serve all of them, and the
 // separate streams (each prefetched 1/kGroups as far ahead) keep more memory
 // requests in flight than one stream can. Over 256 MiB of packed groups, one
 // core: Q8_0 21 / 28 / 36-42 GB/s and Q4_0 19 / 22-24 / 28-37 GB/s for 1 / 2 / 4
 // groups, while a plain single-stream read ran 25-38 GB/s (8 groups: slower).
-// Group i's 16 outputs go to out + i * out_stride.
+// Group i's 16 outputs go to outs[i].
 template <bool kQ4, int kGroups>
-void GemvGroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* xq, const float* terms,
-                  float* out, int64_t out_stride) {
+void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, const float* terms,
+                  float* const* outs) {
   constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
   __m512 acc[kGroups];
   for (int i = 0; i < kGroups; ++i) acc[i] = _mm512_setzero_ps();
@@ -302,7 +303,7 @@ void GemvGroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const
     BroadcastCodes(xq + b * sizeof(BlockQ8_0) + 2, xb);
     const __m512 offset = _mm512_set1_ps(terms[2 * b + 1]), dx = _mm512_set1_ps(terms[2 * b]);
     for (int i = 0; i < kGroups; ++i) {
-      const uint8_t* g = group + i * stream_bytes;
+      const uint8_t* g = groups[i];
       const uint8_t* q = g + b * kChunkBytes;
       for (int k = 0; k < kChunkBytes; k += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups + k), _MM_HINT_T0);
@@ -315,7 +316,7 @@ void GemvGroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dx), dw, acc[i]);
     }
   }
-  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, acc[i]);
+  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(outs[i], acc[i]);
 }
 
 // Packed BF16 (packed.h): line p of a group holds column pair p of its 16
@@ -407,84 +408,88 @@ void GemmHalfX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t x
 
 // The decode form of GemmBf16X16Rows<1> over kGroups streams, as GemvGroupsOf.
 template <int kGroups>
-__attribute__((target("avx512bf16"))) void GemvBf16GroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb,
-                                                            const uint8_t* x, float* out, int64_t out_stride) {
+__attribute__((target("avx512bf16"))) void GemvBf16GroupsOf(const uint8_t* const* groups, int64_t nb,
+                                                            const uint8_t* x, float* const* outs) {
   __m512 even[kGroups], odd[kGroups];
   for (int i = 0; i < kGroups; ++i) even[i] = odd[i] = _mm512_setzero_ps();
   const int64_t lines = nb * 16;
   for (int64_t p = 0; p < lines; p += 2) {
     const __m512bh x0 = BroadcastPair(x + p * 4), x1 = BroadcastPair(x + p * 4 + 4);
     for (int i = 0; i < kGroups; ++i) {
-      const uint8_t* q = group + i * stream_bytes + p * 64;
+      const uint8_t* q = groups[i] + p * 64;
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups + 64), _MM_HINT_T0);
       even[i] = _mm512_dpbf16_ps(even[i], reinterpret_cast<__m512bh>(_mm512_load_si512(q)), x0);
       odd[i] = _mm512_dpbf16_ps(odd[i], reinterpret_cast<__m512bh>(_mm512_load_si512(q + 64)), x1);
     }
   }
-  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, _mm512_add_ps(even[i], odd[i]));
+  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(outs[i], _mm512_add_ps(even[i], odd[i]));
 }
 
 // The decode form of GemmF16X16Rows<1> over kGroups streams, as GemvGroupsOf.
 template <int kGroups>
-void GemvF16GroupsOf(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* x, float* out,
-                     int64_t out_stride) {
+void GemvF16GroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* x, float* const* outs) {
   __m512 low[kGroups], high[kGroups];
   for (int i = 0; i < kGroups; ++i) low[i] = high[i] = _mm512_setzero_ps();
   const int64_t lines = nb * 16;
   for (int64_t p = 0; p < lines; ++p) {
     const __m512 pair = BroadcastFloatPair(x + p * 8);
     for (int i = 0; i < kGroups; ++i) {
-      const uint8_t* q = group + i * stream_bytes + p * 64;
+      const uint8_t* q = groups[i] + p * 64;
       _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups), _MM_HINT_T0);
       low[i] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(q))), pair, low[i]);
       high[i] =
           _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32))), pair, high[i]);
     }
   }
-  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(out + i * out_stride, AddLanePairs(low[i], high[i]));
+  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(outs[i], AddLanePairs(low[i], high[i]));
 }
 
 // The streamed group kernels of each packed type, for GemvGroups.
 template <bool kQ4>
 struct QuantGroups {
   template <int kGroups>
-  static void Run(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* xq, const float* terms,
-                  float* out, int64_t out_stride) {
-    GemvGroupsOf<kQ4, kGroups>(group, stream_bytes, nb, xq, terms, out, out_stride);
+  static void Run(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, const float* terms, float* const* outs) {
+    GemvGroupsOf<kQ4, kGroups>(groups, nb, xq, terms, outs);
   }
 };
 template <bool kBf16>
 struct HalfGroups {
   template <int kGroups>
-  static void Run(const uint8_t* group, uint64_t stream_bytes, int64_t nb, const uint8_t* xq, const float* /*terms*/,
-                  float* out, int64_t out_stride) {
+  static void Run(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, const float* /*terms*/,
+                  float* const* outs) {
     if constexpr (kBf16) {
-      GemvBf16GroupsOf<kGroups>(group, stream_bytes, nb, xq, out, out_stride);
+      GemvBf16GroupsOf<kGroups>(groups, nb, xq, outs);
     } else {
-      GemvF16GroupsOf<kGroups>(group, stream_bytes, nb, xq, out, out_stride);
+      GemvF16GroupsOf<kGroups>(groups, nb, xq, outs);
     }
   }
 };
 
-// n_groups adjacent groups as kGemvStreams streams, each a contiguous part
-// (so a stream's prefetches run on into its next group), then the few left over.
+// n_groups adjacent groups as kGemvStreams streams, each a contiguous run
+// (so a stream's prefetches run on into its next group); the first n_groups %
+// 4 streams are one group longer and take it in a last pass of fewer streams.
+// (Left-over groups as separate one-group streams had taken 15% of the decode
+// kernel time, from the 11- and 15-group tasks of the expert and output matrices.)
 template <class Groups>
 void GemvGroups(const uint8_t* group, uint64_t group_bytes, int64_t n_groups, int64_t nb, const uint8_t* xq,
                 const float* terms, float* out) {
-  static_assert(kGemvStreams == 4, "the switch below covers 1-3 groups left over");
-  const int64_t per_stream = n_groups / kGemvStreams;
-  for (int64_t j = 0; j < per_stream; ++j) {
-    Groups::template Run<kGemvStreams>(group + j * group_bytes, per_stream * group_bytes, nb, xq, terms,
-                                       out + 16 * j, 16 * per_stream);
+  static_assert(kGemvStreams == 4, "the switch below covers 1-3 longer streams");
+  const int64_t shorter = n_groups / kGemvStreams, longer = n_groups % kGemvStreams;
+  const uint8_t* groups[kGemvStreams];
+  float* outs[kGemvStreams];
+  for (int64_t i = 0, first = 0; i < kGemvStreams; first += shorter + (i < longer), ++i) {
+    groups[i] = group + first * group_bytes;
+    outs[i] = out + 16 * first;
   }
-  const int64_t done = kGemvStreams * per_stream;
-  group += done * group_bytes;
-  out += 16 * done;
-  switch (n_groups - done) {
-    case 1: return Groups::template Run<1>(group, group_bytes, nb, xq, terms, out, 16);
-    case 2: return Groups::template Run<2>(group, group_bytes, nb, xq, terms, out, 16);
-    case 3: return Groups::template Run<3>(group, group_bytes, nb, xq, terms, out, 16);
+  for (int64_t j = 0; j < shorter; ++j) {
+    Groups::template Run<kGemvStreams>(groups, nb, xq, terms, outs);
+    for (int i = 0; i < kGemvStreams; ++i) groups[i] += group_bytes, outs[i] += 16;
+  }
+  switch (longer) {
+    case 1: return Groups::template Run<1>(groups, nb, xq, terms, outs);
+    case 2: return Groups::template Run<2>(groups, nb, xq, terms, outs);
+    case 3: return Groups::template Run<3>(groups, nb, xq, terms, outs);
     default: return;
   }
 }
