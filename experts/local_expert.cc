@@ -1,7 +1,6 @@
 #include "experts/local_expert.h"
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include <tbb/blocked_range.h>
@@ -81,7 +80,7 @@ absl::Status LocalExpert::Forward(const float* in, int64_t n_rows, float* out) c
   const int64_t ff = gate_.rows;
   Scratch<float> g(static_cast<size_t>(n_rows) * ff), u(g.size());
   ParallelMatMuls({{&gate_, g.data(), ff}, {&up_, u.data(), ff}}, in, dim(), n_rows);
-  for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  kernels::Active().swiglu_f32(g.data(), u.data(), static_cast<int64_t>(g.size()));
   ParallelMatMul(down_, g.data(), ff, n_rows, out, dim());
   return absl::OkStatus();
 }

@@ -323,6 +323,17 @@ __m256 Exp(__m256 x) {
   return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(pow2k)));
 }
 
+void SwiGluF32(float* g, const float* u, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 sigmoid = _mm256_div_ps(one, _mm256_add_ps(one, Exp(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+    _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_mul_ps(x, sigmoid), _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
 void SoftmaxF32(float* s, int64_t n, float scale) {
   float mx = -INFINITY;
   for (int64_t t = 0; t < n; ++t) mx = std::max(mx, s[t] *= scale);
@@ -352,7 +363,7 @@ const KernelSet* Avx2Kernels() {
                                 OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
                                 nullptr, nullptr,  // no VNNI: weights stay unpacked
-                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32};
+                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32, SwiGluF32};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;
 }

@@ -656,6 +656,16 @@ __mmask16 TailMask(int64_t t, int64_t n) {
   return t + 16 <= n ? 0xFFFF : static_cast<__mmask16>((1u << (n - t)) - 1);
 }
 
+void SwiGluF32(float* g, const float* u, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = TailMask(i, n);
+    const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+    const __m512 sigmoid = _mm512_div_ps(one, _mm512_add_ps(one, Exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+    _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(_mm512_mul_ps(x, sigmoid), _mm512_maskz_loadu_ps(m, u + i)));
+  }
+}
+
 void SoftmaxF32(float* s, int64_t n, float scale) {
   const __m512 vscale = _mm512_set1_ps(scale);
   __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -690,7 +700,7 @@ const KernelSet* Avx512Kernels() {
                    QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
                    OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                    DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
-                   GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, GemvGroups<QuantGroups<false>>,
+                   GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, SwiGluF32, GemvGroups<QuantGroups<false>>,
                    GemvGroups<QuantGroups<true>>};
     s.gemm_f16_x16 = GemmHalfX16<GemmF16X16Rows<1>, GemmF16X16Rows<2>, GemmF16X16Rows<3>, GemmF16X16Rows<4>>;
     s.gemv_f16_groups = GemvGroups<HalfGroups<false>>;

@@ -76,6 +76,9 @@ struct KernelSet {
   // s[t] - m) / sum, m the largest scaled score, the sum taken in double.
   // Vector back-ends compute exp with a polynomial good to about 1 ulp.
   void (*softmax_f32)(float* s, int64_t n, float scale);
+  // The SwiGLU gate in place: g[i] = g[i] / (1 + exp(-g[i])) * u[i], the
+  // vector back-ends with the softmax's exp polynomial.
+  void (*swiglu_f32)(float* g, const float* u, int64_t n);
   // Decode over n_groups adjacent packed groups (16 weight rows each,
   // group_bytes apart) and one activation row: out[16 * n_groups]. They are
   // streamed as four contiguous quarters at once, sharing the activation

@@ -304,6 +304,10 @@ void SoftmaxF32(float* s, int64_t n, float scale) {
   for (int64_t t = 0; t < n; ++t) s[t] *= inv;
 }
 
+void SwiGluF32(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
 void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
                      int64_t dim, float* out, uint64_t ld_out) {
   for (int h = 0; h < n_q; ++h) {
@@ -323,7 +327,7 @@ const KernelSet& ScalarKernels() {
                    QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
                    QuantizeQ8_K, DotQ4_KQ8_K, DotQ5_KQ8_K, DotQ6_KQ8_K, Dot4<DotQ4_KQ8_K>,
                    Dot4<DotQ5_KQ8_K>, Dot4<DotQ6_KQ8_K>, GemmX16<false>, GemmX16<true>,
-                   GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32};
+                   GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32, SwiGluF32};
     s.gemm_bf16_x16 = GemmHalfX16<true>;
     s.gemm_f16_x16 = GemmHalfX16<false>;
     return s;

@@ -1261,6 +1261,25 @@ TEST_P(KernelSetTest, SoftmaxMatchesDoubleReference) {
   }
 }
 
+TEST_P(KernelSetTest, SwiGluMatchesDoubleReference) {
+  // Lengths around the vector widths (tails), gates from -100 to 100 (exp
+  // under- and overflowing the sigmoid), a position beyond n left alone.
+  for (int64_t n : {1, 7, 8, 15, 16, 17, 100, 2816}) {
+    for (float spread : {1.0f, 8.0f, 100.0f}) {
+      std::vector<float> g = RandomFloats(rng_, n + 1, -spread, spread);
+      const std::vector<float> u = RandomFloats(rng_, n + 1, -2.0f, 2.0f);
+      g[n] = kNaN;
+      const std::vector<float> in = g;
+      ks_->swiglu_f32(g.data(), u.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = in[i] / (1.0 + std::exp(-static_cast<double>(in[i]))) * u[i];
+        ASSERT_NEAR(g[i], want, 2e-6 * std::fabs(want) + 1e-30) << "n=" << n << " x=" << in[i];
+      }
+      EXPECT_TRUE(std::isnan(g[n])) << "wrote past n";
+    }
+  }
+}
+
 TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   // A view packed for one back-end stays usable with any other: back-ends
   // without packed kernels read the original rows.
