@@ -34,6 +34,7 @@
 // bw_frac divides it by the plain read bandwidth measured at start-up with
 // the same number of threads.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -110,7 +111,7 @@ std::vector<uint8_t> RandomMatrix(TensorType type, int64_t rows, int64_t cols, u
 
 enum class RowKernel {
   kDotF32, kAxpyF32, kF16, kBf16, kQ8_0, kQ4_0, kQuantizeQ8_0, kDotQ8_0, kDotQ4_0, kGemmQ8_0X16, kGemmQ4_0X16,
-  kQuantizeQ8_K, kDotQ4_K, kDotQ5_K, kDotQ6_K, kDot4Q4_K, kDot4Q5_K, kDot4Q6_K
+  kQuantizeQ8_K, kDotQ4_K, kDotQ5_K, kDotQ6_K, kDot4Q4_K, kDot4Q5_K, kDot4Q6_K, kSwiGlu
 };
 
 struct RowKernelInfo {
@@ -127,6 +128,7 @@ constexpr RowKernelInfo kRowKernels[] = {
     {RowKernel::kDotQ4_K, "dot_q4_K_q8_K"},       {RowKernel::kDotQ5_K, "dot_q5_K_q8_K"},
     {RowKernel::kDotQ6_K, "dot_q6_K_q8_K"},       {RowKernel::kDot4Q4_K, "dot4_q4_K_q8_K"},
     {RowKernel::kDot4Q5_K, "dot4_q5_K_q8_K"},     {RowKernel::kDot4Q6_K, "dot4_q6_K_q8_K"},
+    {RowKernel::kSwiGlu, "swiglu_f32"},
 };
 
 void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel, double bandwidth) {
@@ -169,6 +171,19 @@ void BM_RowKernel(benchmark::State& state, const KernelSet* ks, RowKernel kernel
         benchmark::ClobberMemory();
       }
       bytes = static_cast<double>(src.size());
+      break;
+    }
+    case RowKernel::kSwiGlu: {
+      // up = 1 / sigmoid(gate), so the gates it overwrites stay near their
+      // start (no drift into denormals over the iterations).
+      std::vector<float> up(kRow);
+      for (size_t i = 0; i < kRow; ++i) up[i] = 1.0f + std::exp(-a[i]);
+      out = a;
+      for (auto _ : state) {
+        ks->swiglu_f32(out.data(), up.data(), kRow);
+        benchmark::ClobberMemory();
+      }
+      bytes = 2.0 * kRow * sizeof(float);  // gate and up
       break;
     }
     case RowKernel::kQuantizeQ8_0:
