@@ -215,7 +215,6 @@ template <class Tiles, bool kQ4>
 void GemmTiles(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
                uint64_t terms_stride, int m, float* out) {
   constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
-  const uint16_t* scales = reinterpret_cast<const uint16_t*>(group + nb * kChunkBytes);
   alignas(64) uint8_t b_rows[2][8 * 64];
   alignas(64) int32_t c[2][kMaxPackedTileRows * 16];
   __m512 acc[kMaxPackedTileRows];
@@ -224,14 +223,12 @@ void GemmTiles(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_
   // Activation codes of block b: 32 bytes after the fp16 scale, rows xq_stride apart.
   auto codes = [&](int64_t b) { return xq + b * sizeof(BlockQ8_0) + 2; };
   auto weights = [&](int64_t b, int slot) -> const uint8_t* {
-    const uint8_t* q = group + b * kChunkBytes;
+    const uint8_t* q = group + PackedQuantsOffset(b, kChunkBytes);
     if constexpr (!kQ4) return q;
     UnpackQ4Block(q, b_rows[slot]);
     return b_rows[slot];
   };
-  auto dw = [&](int64_t b) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 16)));
-  };
+  auto dw = [&](int64_t b) { return LoadBlockScales<kChunkBytes>(group, b); };
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {  // two blocks in flight on separate tiles
     Tiles::template Zero<kC0>();
@@ -335,11 +332,14 @@ bool InstructionsMatchEmulationOn(std::mt19937& rng) {
   std::uniform_int_distribution<int> byte(0, 255), code(-127, 127);
   constexpr int64_t kBlocks = 5;  // an odd count covers the tail block
   constexpr int64_t kChunkBytes = (kQ4 ? 4 : 8) * 64;
-  std::vector<uint8_t> storage(kBlocks * kChunkBytes + kBlocks * 32 + 64);
+  constexpr uint64_t kGroupBytes = PackedQuantsOffset(kBlocks - 1, kChunkBytes) + kChunkBytes;
+  std::vector<uint8_t> storage(kGroupBytes + 64);
   uint8_t* group = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
-  for (int64_t i = 0; i < kBlocks * kChunkBytes; ++i) group[i] = static_cast<uint8_t>(byte(rng));
-  uint16_t* scales = reinterpret_cast<uint16_t*>(group + kBlocks * kChunkBytes);
-  for (int64_t i = 0; i < kBlocks * 16; ++i) scales[i] = 0x3000 + static_cast<uint16_t>(byte(rng));  // ~0.1..0.2
+  for (uint64_t i = 0; i < kGroupBytes; ++i) group[i] = static_cast<uint8_t>(byte(rng));
+  for (int64_t b = 0; b < kBlocks; ++b) {
+    uint16_t* scales = reinterpret_cast<uint16_t*>(group + PackedScalesOffset(b, kChunkBytes));
+    for (int i = 0; i < 16; ++i) scales[i] = 0x3000 + static_cast<uint16_t>(byte(rng));  // ~0.1..0.2
+  }
   constexpr int kRows = 11;
   std::vector<BlockQ8_0> x(kRows * kBlocks);
   std::vector<float> terms(kRows * 2 * kBlocks);

@@ -149,17 +149,13 @@ template <int kRows, bool kQ4>
 void GemmX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
                  uint64_t terms_stride, float* out) {
   constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
-  const uint16_t* scales = reinterpret_cast<const uint16_t*>(group + nb * kChunkBytes);
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* q = group + b * kChunkBytes;
-    for (int k = 0; k < kChunkBytes; k += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes + k), _MM_HINT_T0);
-    }
+    PrefetchBlockAhead<kChunkBytes>(group, b, kPrefetchBytes);
     __m512i w[8];
-    LoadPackedBlock<kQ4>(q, w);
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 16)));
+    LoadPackedBlock<kQ4>(group + PackedQuantsOffset(b, kChunkBytes), w);
+    const __m512 dw = LoadBlockScales<kChunkBytes>(group, b);
     for (int r = 0; r < kRows; ++r) {
       __m512i xb[8];
       BroadcastCodes(xq + r * xq_stride + b * sizeof(BlockQ8_0) + 2, xb);
@@ -304,14 +300,10 @@ void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, c
     const __m512 offset = _mm512_set1_ps(terms[2 * b + 1]), dx = _mm512_set1_ps(terms[2 * b]);
     for (int i = 0; i < kGroups; ++i) {
       const uint8_t* g = groups[i];
-      const uint8_t* q = g + b * kChunkBytes;
-      for (int k = 0; k < kChunkBytes; k += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(q + kPrefetchBytes / kGroups + k), _MM_HINT_T0);
-      }
+      PrefetchBlockAhead<kChunkBytes>(g, b, kPrefetchBytes / kGroups);
       __m512i w[8];
-      LoadPackedBlock<kQ4>(q, w);
-      const uint16_t* scales = reinterpret_cast<const uint16_t*>(g + nb * kChunkBytes);
-      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + b * 16)));
+      LoadPackedBlock<kQ4>(g + PackedQuantsOffset(b, kChunkBytes), w);
+      const __m512 dw = LoadBlockScales<kChunkBytes>(g, b);
       const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(DotPackedBlock(w, xb)), offset);
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dx), dw, acc[i]);
     }

@@ -29,22 +29,21 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
     return;
   }
   const int64_t nb = w.cols / kQK;
-  const int chunks = ChunkCount(w.type);
-  uint8_t* quants = dst;
-  uint16_t* scales = reinterpret_cast<uint16_t*>(dst + nb * chunks * 64);
+  const int chunk_bytes = ChunkCount(w.type) * 64;
   for (int i = 0; i < kPackRows; ++i) {
     const uint8_t* row = w.row(g * kPackRows + i);
     for (int64_t b = 0; b < nb; ++b) {
-      uint8_t* qb = quants + b * chunks * 64;
+      uint8_t* qb = dst + PackedQuantsOffset(b, chunk_bytes);
+      uint16_t* scales = reinterpret_cast<uint16_t*>(dst + PackedScalesOffset(b, chunk_bytes));
       if (w.type == TensorType::kQ8_0) {
         const auto& block = reinterpret_cast<const BlockQ8_0*>(row)[b];
-        scales[b * kPackRows + i] = block.d;
+        scales[i] = block.d;
         for (int e = 0; e < kQK; ++e) {
           qb[(e / 4) * 64 + i * 4 + e % 4] = static_cast<uint8_t>(block.qs[e] ^ 0x80);
         }
       } else {
         const auto& block = reinterpret_cast<const BlockQ4_0*>(row)[b];
-        scales[b * kPackRows + i] = block.d;
+        scales[i] = block.d;
         for (int e = 0; e < kQK / 2; ++e) qb[(e / 4) * 64 + i * 4 + e % 4] = block.qs[e];
       }
     }
@@ -66,8 +65,7 @@ bool CanPack(TensorType type, const KernelSet& ks) {
 uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
   const uint64_t nb = static_cast<uint64_t>(cols / kQK);
   if (IsHalf(type)) return nb * 16 * 64;
-  const uint64_t bytes = nb * (ChunkCount(type) * 64 + kPackRows * 2);
-  return (bytes + 63) / 64 * 64;
+  return (nb + 1) / 2 * 64 + nb * ChunkCount(type) * 64;  // scale lines and quants
 }
 
 uint64_t PackedBytes(TensorType type, int64_t rows, int64_t cols) {

@@ -7,8 +7,26 @@
 
 #include <cstdint>
 
+#include "kernels/packed.h"
+
 namespace micromoe::kernels {
 namespace {
+
+// Requests the lines of block b of a packed group `ahead` bytes further on
+// (in layout order: for an even b its pair's scale line, then its quants).
+template <int kChunkBytes>
+inline void PrefetchBlockAhead(const uint8_t* group, int64_t b, int ahead) {
+  const uint8_t* q = group + PackedQuantsOffset(b, kChunkBytes) + ahead;
+  if (b % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(q - 64), _MM_HINT_T0);
+  for (int k = 0; k < kChunkBytes; k += 64) _mm_prefetch(reinterpret_cast<const char*>(q + k), _MM_HINT_T0);
+}
+
+// Block b's 16 weight-row scales as floats.
+template <int kChunkBytes>
+inline __m512 LoadBlockScales(const uint8_t* group, int64_t b) {
+  return _mm512_cvtph_ps(
+      _mm256_load_si256(reinterpret_cast<const __m256i*>(group + PackedScalesOffset(b, kChunkBytes))));
+}
 
 // Packed block q as eight 64-byte vectors of unsigned weights: vector k holds
 // weights 4k..4k+3 of each of the 16 rows (for Q4_0 the low nibbles give

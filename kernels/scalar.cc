@@ -5,6 +5,7 @@
 
 #include "kernels/dot_rows.h"
 #include "kernels/kernel_set.h"
+#include "kernels/packed.h"
 #include "kernels/quant.h"
 
 namespace micromoe::kernels {
@@ -230,9 +231,13 @@ template <bool kQ4>
 void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
              uint64_t /*terms_stride*/, int n_x, float* out) {
   const int chunk_bytes = (kQ4 ? 4 : 8) * 64;
-  const uint16_t* scales = reinterpret_cast<const uint16_t*>(group + nb * chunk_bytes);
+  auto scale = [&](int64_t b, int row) {
+    uint16_t d;
+    std::memcpy(&d, group + PackedScalesOffset(b, chunk_bytes) + 2 * row, 2);
+    return Fp16ToFp32(d);
+  };
   auto weight = [&](int64_t b, int row, int e) {
-    const uint8_t* q = group + b * chunk_bytes;
+    const uint8_t* q = group + PackedQuantsOffset(b, chunk_bytes);
     if (!kQ4) return static_cast<int>(q[(e / 4) * 64 + row * 4 + e % 4]) - 128;
     const int j = e % 16;  // the nibble byte holding element e
     const uint8_t v = q[(j / 4) * 64 + row * 4 + j % 4];
@@ -245,7 +250,7 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
       for (int64_t b = 0; b < nb; ++b) {
         int32_t s = 0;
         for (int e = 0; e < kQK; ++e) s += weight(b, row, e) * x[b].qs[e];
-        sum += s * Fp16ToFp32(scales[b * 16 + row]) * Fp16ToFp32(x[b].d);
+        sum += s * scale(b, row) * Fp16ToFp32(x[b].d);
       }
       out[r * 16 + row] = sum;
     }

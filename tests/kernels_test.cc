@@ -1358,17 +1358,24 @@ TEST(PackedWeightsTest, LayoutPutsFourWeightsOfEachRowPerLane) {
                                 2 * sizeof(BlockQ8_0)})
                          .packed;
   ASSERT_NE(g, nullptr);
+  // A pair of blocks: one line of both blocks' scales, then block 0's quants
+  // (8 chunks of 64 bytes), then block 1's.
+  static_assert(PackedScalesOffset(0, 512) == 0 && PackedScalesOffset(1, 512) == 32);
+  static_assert(PackedQuantsOffset(0, 512) == 64 && PackedQuantsOffset(1, 512) == 576);
+  static_assert(PackedScalesOffset(2, 512) == 1088 && PackedQuantsOffset(2, 256) == 640);
   for (int b = 0; b < 2; ++b) {
     for (int i = 0; i < kPackRows; ++i) {
       for (int e = 0; e < kQK; ++e) {
         const int expect = (i + b * kQK + e) % 7 - 3 + 128;
-        ASSERT_EQ(g[b * 512 + (e / 4) * 64 + i * 4 + e % 4], expect) << b << " " << i << " " << e;
+        ASSERT_EQ(g[64 + b * 512 + (e / 4) * 64 + i * 4 + e % 4], expect) << b << " " << i << " " << e;
       }
       uint16_t d;
-      std::memcpy(&d, g + 2 * 512 + (b * kPackRows + i) * 2, 2);
-      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+      std::memcpy(&d, g + b * 32 + i * 2, 2);
+      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1)) << b << " " << i;
     }
   }
+  EXPECT_EQ(PackedGroupBytes(TensorType::kQ8_0, kCols), 64u + 2 * 512);
+  EXPECT_EQ(PackedGroupBytes(TensorType::kQ4_0, 3 * kQK), 2 * 64u + 3 * 256) << "odd block count: a half-empty scale line";
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, KernelSetTest,
