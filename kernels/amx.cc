@@ -31,7 +31,6 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
-#include <vector>
 
 #include "kernels/cpu_features.h"
 #include "kernels/kernel_set.h"
@@ -300,16 +299,15 @@ void GemmBf16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_s
   GemmBf16Tiles<Tiles>(group, nb, xq, xq_stride, n_x, out);
 }
 
-// bf16: whether BF16 tiles are used too (AMX-BF16, and AVX512-BF16 for the
-// small tiles and decode).
+// bf16: whether BF16 prompt tiles use AMX-BF16; otherwise they stay on the
+// AVX-512 kernels (AVX512-BF16, or the file layout without it).
 template <class Tiles>
 KernelSet WithTiles(const char* name, bool bf16) {
   KernelSet set = *Avx512Kernels();
   set.name = name;
   set.gemm_q8_0_x16 = Gemm<Tiles, false>;
   set.gemm_q4_0_x16 = Gemm<Tiles, true>;
-  set.gemm_bf16_x16 = bf16 ? GemmBf16<Tiles> : nullptr;
-  set.gemv_bf16_groups = bf16 ? set.gemv_bf16_groups : nullptr;
+  if (bf16) set.gemm_bf16_x16 = GemmBf16<Tiles>;
   set.packed_tile_rows = kMaxPackedTileRows;
   return set;
 }
@@ -333,27 +331,26 @@ bool InstructionsMatchEmulationOn(std::mt19937& rng) {
   constexpr int64_t kBlocks = 5;  // an odd count covers the tail block
   constexpr int64_t kChunkBytes = (kQ4 ? 4 : 8) * 64;
   constexpr uint64_t kGroupBytes = PackedQuantsOffset(kBlocks - 1, kChunkBytes) + kChunkBytes;
-  std::vector<uint8_t> storage(kGroupBytes + 64);
-  uint8_t* group = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+  alignas(64) uint8_t group[kGroupBytes];
   for (uint64_t i = 0; i < kGroupBytes; ++i) group[i] = static_cast<uint8_t>(byte(rng));
   for (int64_t b = 0; b < kBlocks; ++b) {
     uint16_t* scales = reinterpret_cast<uint16_t*>(group + PackedScalesOffset(b, kChunkBytes));
     for (int i = 0; i < 16; ++i) scales[i] = 0x3000 + static_cast<uint16_t>(byte(rng));  // ~0.1..0.2
   }
   constexpr int kRows = 11;
-  std::vector<BlockQ8_0> x(kRows * kBlocks);
-  std::vector<float> terms(kRows * 2 * kBlocks);
+  BlockQ8_0 x[kRows * kBlocks];
+  float terms[kRows * 2 * kBlocks];
   for (int64_t i = 0; i < kRows * kBlocks; ++i) {
     x[i].d = 0x2C00;  // 0.0625
     for (int8_t& q : x[i].qs) q = static_cast<int8_t>(code(rng));
     terms[2 * i] = 0.0625f;
     terms[2 * i + 1] = static_cast<float>(code(rng));
   }
-  const auto* xq = reinterpret_cast<const uint8_t*>(x.data());
+  const auto* xq = reinterpret_cast<const uint8_t*>(x);
   const uint64_t stride = kBlocks * sizeof(BlockQ8_0);
   float got[kMaxPackedTileRows * 16], want[kMaxPackedTileRows * 16];
-  GemmTiles<HardwareTiles, kQ4>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, got);
-  GemmTiles<EmulatedTiles, kQ4>(group, kBlocks, xq, stride, terms.data(), 2 * kBlocks, kRows, want);
+  GemmTiles<HardwareTiles, kQ4>(group, kBlocks, xq, stride, terms, 2 * kBlocks, kRows, got);
+  GemmTiles<EmulatedTiles, kQ4>(group, kBlocks, xq, stride, terms, 2 * kBlocks, kRows, want);
   return std::memcmp(got, want, sizeof(float) * kRows * 16) == 0;
 }
 
@@ -369,13 +366,11 @@ bool Bf16InstructionsMatchEmulation() {
   std::uniform_int_distribution<int> small(-8, 8);
   constexpr int64_t kBlocks = 3;  // an odd count: C1 sees one block less
   constexpr int kRows = 13;
-  std::vector<uint16_t> storage(kBlocks * 512 + 32);
-  uint8_t* bytes = reinterpret_cast<uint8_t*>(storage.data());
-  uint16_t* group = reinterpret_cast<uint16_t*>(bytes + (64 - reinterpret_cast<uintptr_t>(bytes) % 64) % 64);
+  alignas(64) uint16_t group[kBlocks * 512];
   for (int64_t i = 0; i < kBlocks * 512; ++i) group[i] = Fp32ToBf16(static_cast<float>(small(rng)));
-  std::vector<uint16_t> x(kRows * kBlocks * 32);
+  uint16_t x[kRows * kBlocks * 32];
   for (uint16_t& v : x) v = Fp32ToBf16(static_cast<float>(small(rng)));
-  const auto* xq = reinterpret_cast<const uint8_t*>(x.data());
+  const auto* xq = reinterpret_cast<const uint8_t*>(x);
   const auto* g = reinterpret_cast<const uint8_t*>(group);
   float got[kMaxPackedTileRows * 16], want[kMaxPackedTileRows * 16];
   GemmBf16Tiles<HardwareTiles>(g, kBlocks, xq, kBlocks * 64, kRows, got);
@@ -419,7 +414,7 @@ const KernelSet* AmxKernels() {
     }
     bool bf16 = f.amx_bf16 && Avx512Kernels()->gemm_bf16_x16 != nullptr;
     if (bf16 && !AmxBf16SelfCheckPasses()) {
-      std::fprintf(stderr, "micromoe: AMX-BF16 tiles fault or disagree with their emulation; BF16 stays on avx512\n");
+      std::fprintf(stderr, "micromoe: AMX-BF16 tiles fault or disagree with their emulation; BF16 prompts use avx512\n");
       bf16 = false;
     }
     static const KernelSet amx = WithTiles<HardwareTiles>("amx", bf16);

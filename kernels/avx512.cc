@@ -686,6 +686,10 @@ void SoftmaxF32(float* s, int64_t n, float scale) {
 }  // namespace
 
 const KernelSet* Avx512Kernels() {
+  // Checked before the table is built: building it runs code compiled for
+  // AVX-512, which would fault on a CPU without it.
+  const CpuFeatures& f = GetCpuFeatures();
+  if (!(f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c)) return nullptr;
   static const KernelSet set = [] {
     KernelSet s = {"avx512", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
                    QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
@@ -696,15 +700,14 @@ const KernelSet* Avx512Kernels() {
                    GemvGroups<QuantGroups<true>>};
     s.gemm_f16_x16 = GemmHalfX16<GemmF16X16Rows<1>, GemmF16X16Rows<2>, GemmF16X16Rows<3>, GemmF16X16Rows<4>>;
     s.gemv_f16_groups = GemvGroups<HalfGroups<false>>;
-    if (GetCpuFeatures().avx512bf16) {
+    if (GetCpuFeatures().avx512bf16) {  // else BF16 weights stay in the file layout
       s.gemm_bf16_x16 =
           GemmHalfX16<GemmBf16X16Rows<1>, GemmBf16X16Rows<2>, GemmBf16X16Rows<3>, GemmBf16X16Rows<4>>;
       s.gemv_bf16_groups = GemvGroups<HalfGroups<true>>;
     }
     return s;
   }();
-  const CpuFeatures& f = GetCpuFeatures();
-  return (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c) ? &set : nullptr;
+  return &set;
 }
 
 }  // namespace micromoe::kernels
