@@ -400,9 +400,16 @@ bool PassesWithoutFault(bool (*check)()) {
 
 }  // namespace
 
-bool AmxSelfCheckPasses() { return PassesWithoutFault(Int8InstructionsMatchEmulation); }
+// Both checks run AVX-512 code around the tiles (this file is compiled for
+// AVX-512), which the fault guard does not cover on CPUs without it.
+bool AmxSelfCheckPasses() {
+  return Avx512Kernels() != nullptr && PassesWithoutFault(Int8InstructionsMatchEmulation);
+}
 
-bool AmxBf16SelfCheckPasses() { return PassesWithoutFault(Bf16InstructionsMatchEmulation); }
+bool AmxBf16SelfCheckPasses() {
+  return Avx512Kernels() != nullptr && Avx512Kernels()->gemm_bf16_x16 != nullptr &&
+         PassesWithoutFault(Bf16InstructionsMatchEmulation);
+}
 
 const KernelSet* AmxKernels() {
   static const KernelSet* set = []() -> const KernelSet* {

@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libpcre2-dev
   python3-grpcio python3-protobuf python3-numpy
+  qemu-user
 )
 
 missing=()
