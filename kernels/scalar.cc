@@ -268,12 +268,8 @@ void GemmHalfX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t x
     std::memcpy(&h, p, 2);
     return kBf16 ? Bf16ToFp32(h) : Fp16ToFp32(h);
   };
-  auto activation = [](const uint8_t* x, int64_t c) {
-    if constexpr (kBf16) {
-      uint16_t h;
-      std::memcpy(&h, x + 2 * c, 2);
-      return Bf16ToFp32(h);
-    }
+  auto activation = [&](const uint8_t* x, int64_t c) {
+    if constexpr (kBf16) return weight(x + 2 * c);  // BF16 codes, decoded as the weights are
     float f;
     std::memcpy(&f, x + 4 * c, 4);
     return f;
