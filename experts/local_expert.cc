@@ -1,6 +1,7 @@
 #include "experts/local_expert.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include <tbb/blocked_range.h>
@@ -13,38 +14,55 @@
 
 namespace micromoe::experts {
 
-void ParallelMatMuls(std::initializer_list<Product> products, const float* x, int64_t ldx, int64_t n_x) {
-  const kernels::MatrixView& first = *products.begin()->w;
-  for (const Product& p : products) {
-    if (p.w->type != first.type || p.w->cols != first.cols) {
-      for (const Product& q : products) ParallelMatMuls({q}, x, ldx, n_x);
-      return;
-    }
-  }
-  // Work is split in units of 16 rows (one packed group, see kernels/packed.h)
-  // numbered across the products. A task takes at least 64K multiply-adds
-  // and at least four units (decode streams four groups at once, see
-  // KernelSet::gemv_*_groups), and up to 16 units while that still leaves
-  // four tasks per worker: tasks of a microsecond or two cost their
-  // scheduling (16-unit tasks decoded 5-10% faster than 4-unit ones at 2
-  // threads).
+namespace {
+
+// y = w x for one product of RunProducts, x prepared for w's weight type.
+struct PreparedProduct {
+  const kernels::MatrixView* w;
+  const kernels::Activations* x;
+  float* y;
+  int64_t ldy;
+};
+
+// The products as one parallel loop. Work is split in units of 16 rows (one
+// packed group, see kernels/packed.h) numbered across the products.
+// - Up to kMemoryBoundRows activation rows, the kernels stream each weight
+//   once for all rows, so the loop is bound by memory: two tasks per worker
+//   (one task on one worker). Each task streams its rows as four long runs
+//   (KernelSet::gemv_*_groups), and a run's start costs a ramp of its
+//   prefetches: a batch-1 decode step ran 10% faster (median of 8 runs, 2
+//   threads) than with tasks of up to 16 units, and two tasks per worker
+//   leave some room to balance a core slowed by another process.
+// - Above it, a task takes at least 64K multiply-adds and at least four
+//   units, and up to 16 units while that leaves four tasks per worker.
+constexpr int64_t kMemoryBoundRows = 4;
+
+void RunProducts(const PreparedProduct* products, size_t n_products) {
   constexpr int64_t kUnit = kernels::kPackRows;
-  int64_t units = 0;
-  for (const Product& p : products) units += (p.w->rows + kUnit - 1) / kUnit;
+  auto units_of = [](const PreparedProduct& p) { return (p.w->rows + kUnit - 1) / kUnit; };
+  int64_t units = 0, unit_work = 0;  // unit_work: multiply-adds of all units
+  bool memory_bound = true;
+  for (size_t i = 0; i < n_products; ++i) {
+    units += units_of(products[i]);
+    unit_work += units_of(products[i]) * products[i].w->cols * products[i].x->n_rows() * kUnit;
+    memory_bound = memory_bound && products[i].x->n_rows() <= kMemoryBoundRows;
+  }
+  if (units == 0) return;
   const int64_t workers = std::min<int64_t>(
       tbb::this_task_arena::max_concurrency(),
       static_cast<int64_t>(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
-  const int64_t grain = std::max({int64_t{kernels::kGemvStreams}, std::min<int64_t>(16, units / (4 * workers)),
-                                  (int64_t{1} << 16) / std::max<int64_t>(1, first.cols * n_x * kUnit)});
-  kernels::Activations a;
-  a.Prepare(first.type, x, ldx, n_x, first.cols);
+  const int64_t tasks = memory_bound ? (workers > 1 ? 2 * workers : 1) : 4 * workers;
+  int64_t grain = std::max<int64_t>(int64_t{kernels::kGemvStreams}, (units + tasks - 1) / tasks);
+  if (!memory_bound) {
+    grain = std::max(std::min<int64_t>(16, grain), (int64_t{1} << 16) * units / std::max<int64_t>(1, unit_work));
+  }
   auto run_units = [&](int64_t begin, int64_t end) {
     int64_t base = 0;  // first unit of the current product
-    for (const Product& p : products) {
-      const int64_t n_units = (p.w->rows + kUnit - 1) / kUnit;
-      const int64_t b = std::max(begin, base), e = std::min(end, base + n_units);
-      if (b < e) kernels::MatMulRows(*p.w, a, p.y, p.ldy, (b - base) * kUnit, std::min(p.w->rows, (e - base) * kUnit));
-      base += n_units;
+    for (size_t i = 0; i < n_products; ++i) {
+      const PreparedProduct& p = products[i];
+      const int64_t b = std::max(begin, base), e = std::min(end, base + units_of(p));
+      if (b < e) kernels::MatMulRows(*p.w, *p.x, p.y, p.ldy, (b - base) * kUnit, std::min(p.w->rows, (e - base) * kUnit));
+      base += units_of(p);
     }
   };
   if (grain >= units) {
@@ -55,8 +73,76 @@ void ParallelMatMuls(std::initializer_list<Product> products, const float* x, in
                     [&](const tbb::blocked_range<int64_t>& r) { run_units(r.begin(), r.end()); });
 }
 
+// Runs fn(i) for i < n, in parallel when `parallel`.
+template <class Fn>
+void ForEach(size_t n, bool parallel, const Fn& fn) {
+  if (!parallel) {
+    for (size_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  tbb::parallel_for(size_t{0}, n, fn);
+}
+
+}  // namespace
+
+void ParallelMatMuls(std::initializer_list<Product> products, const float* x, int64_t ldx, int64_t n_x) {
+  // Products of one weight type and width share their quantized activations.
+  const size_t n = products.size();
+  std::unique_ptr<kernels::Activations[]> acts(new kernels::Activations[n]);
+  std::vector<PreparedProduct> prepared;
+  for (const Product& p : products) {
+    const kernels::Activations* a = nullptr;
+    for (size_t j = 0; j < prepared.size() && !a; ++j) {
+      if (prepared[j].w->type == p.w->type && prepared[j].w->cols == p.w->cols) a = prepared[j].x;
+    }
+    if (!a) {
+      acts[prepared.size()].Prepare(p.w->type, x, ldx, n_x, p.w->cols);
+      a = &acts[prepared.size()];
+    }
+    prepared.push_back({p.w, a, p.y, p.ldy});
+  }
+  RunProducts(prepared.data(), prepared.size());
+}
+
 void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x, float* y, int64_t ldy) {
   ParallelMatMuls({{&w, y, ldy}}, x, ldx, n_x);
+}
+
+void ForwardLocalExperts(const std::vector<LocalExpertCall>& calls) {
+  const size_t n = calls.size();
+  // Hidden rows of every call, one after another: call i's at offset[i].
+  std::vector<size_t> offset(n + 1, 0);
+  int64_t total_rows = 0;
+  for (size_t i = 0; i < n; ++i) {
+    offset[i + 1] = offset[i] + static_cast<size_t>(calls[i].n_rows) * calls[i].expert->ffn_dim();
+    total_rows += calls[i].n_rows;
+  }
+  Scratch<float> g(offset[n]), u(offset[n]);
+  // Preparing activations (quantizing) and the gate are per call; below a few
+  // rows they cost less than waking a worker.
+  const bool parallel_prep = total_rows > 4;
+  std::unique_ptr<kernels::Activations[]> acts(new kernels::Activations[2 * n]);
+  std::vector<PreparedProduct> products;
+  ForEach(n, parallel_prep, [&](size_t i) {
+    const LocalExpert& e = *calls[i].expert;
+    acts[2 * i].Prepare(e.gate().type, calls[i].in, e.dim(), calls[i].n_rows, e.dim());
+    if (e.up().type != e.gate().type) acts[2 * i + 1].Prepare(e.up().type, calls[i].in, e.dim(), calls[i].n_rows, e.dim());
+  });
+  for (size_t i = 0; i < n; ++i) {
+    const LocalExpert& e = *calls[i].expert;
+    const kernels::Activations* up_x = e.up().type != e.gate().type ? &acts[2 * i + 1] : &acts[2 * i];
+    products.push_back({&e.gate(), &acts[2 * i], g.data() + offset[i], e.ffn_dim()});
+    products.push_back({&e.up(), up_x, u.data() + offset[i], e.ffn_dim()});
+  }
+  RunProducts(products.data(), products.size());
+  products.clear();
+  ForEach(n, parallel_prep, [&](size_t i) {
+    const LocalExpert& e = *calls[i].expert;
+    kernels::Active().swiglu_f32(g.data() + offset[i], u.data() + offset[i], static_cast<int64_t>(offset[i + 1] - offset[i]));
+    acts[2 * i].Prepare(e.down().type, g.data() + offset[i], e.ffn_dim(), calls[i].n_rows, e.ffn_dim());
+  });
+  for (size_t i = 0; i < n; ++i) products.push_back({&calls[i].expert->down(), &acts[2 * i], calls[i].out, calls[i].expert->dim()});
+  RunProducts(products.data(), products.size());
 }
 
 LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kernels::MatrixView down)
@@ -77,11 +163,7 @@ uint64_t LocalExpert::PackedBytes() const {
 }
 
 absl::Status LocalExpert::Forward(const float* in, int64_t n_rows, float* out) const {
-  const int64_t ff = gate_.rows;
-  Scratch<float> g(static_cast<size_t>(n_rows) * ff), u(g.size());
-  ParallelMatMuls({{&gate_, g.data(), ff}, {&up_, u.data(), ff}}, in, dim(), n_rows);
-  kernels::Active().swiglu_f32(g.data(), u.data(), static_cast<int64_t>(g.size()));
-  ParallelMatMul(down_, g.data(), ff, n_rows, out, dim());
+  ForwardLocalExperts({{this, in, n_rows, out}});
   return absl::OkStatus();
 }
 

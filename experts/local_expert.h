@@ -19,6 +19,9 @@ class LocalExpert final : public Expert {
   absl::Status Forward(const float* in, int64_t n_rows, float* out) const override;
   int64_t dim() const override { return gate_.cols; }
   int64_t ffn_dim() const { return gate_.rows; }
+  const kernels::MatrixView& gate() const { return gate_; }
+  const kernels::MatrixView& up() const { return up_; }
+  const kernels::MatrixView& down() const { return down_; }
   // The memory this expert's weights occupy: ranges of the file mapping it
   // reads (rows not packed) and bytes of packed copies.
   std::vector<std::pair<const uint8_t*, uint64_t>> MappedRanges() const;
@@ -27,6 +30,20 @@ class LocalExpert final : public Expert {
  private:
   kernels::MatrixView gate_, up_, down_;
 };
+
+// One expert's rows for ForwardLocalExperts.
+struct LocalExpertCall {
+  const LocalExpert* expert;
+  const float* in;  // n_rows x dim
+  int64_t n_rows;
+  float* out;       // n_rows x dim, overwritten
+};
+
+// Several experts' blocks as two parallel loops over all their weight rows:
+// gate and up of every expert, then down of every expert. A decode step's
+// experts then share both cores in small tasks instead of taking one core
+// each.
+void ForwardLocalExperts(const std::vector<LocalExpertCall>& calls);
 
 // Multiplies `w` by n_x rows of x into y, splitting output rows across the
 // oneTBB workers when the work is big enough to pay for it.
@@ -42,8 +59,7 @@ struct Product {
 
 // Several products of the same input (Q/K/V, gate/up) as one parallel loop:
 // one synchronisation instead of one per matrix, and the activations are
-// quantized once when the matrices share a weight type (otherwise each
-// product runs on its own).
+// quantized once for the matrices that share a weight type and width.
 void ParallelMatMuls(std::initializer_list<Product> products, const float* x, int64_t ldx, int64_t n_x);
 
 }  // namespace micromoe::experts

@@ -8,6 +8,7 @@
 
 #include "base/scratch.h"
 #include "base/str_cat.h"
+#include "experts/local_expert.h"
 
 namespace micromoe::runtime {
 
@@ -45,17 +46,19 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
     for (int e : ids) calls.push_back({e, rows_in(e), plan.rows_for(e), rows_out(e)});
     remote_calls.emplace_back(group->StartBatch(layer, std::move(calls)), &ids);
   }
+  // Local experts on this node's weights run together (ForwardLocalExperts);
+  // other local implementations run one task each beside them.
+  std::vector<experts::LocalExpertCall> together;
   tbb::task_group tg;
-  for (size_t i = 0; i < local.size(); ++i) {
-    const int e = local[i];
-    auto run = [&, e] { status[e] = experts[e]->Forward(rows_in(e), plan.rows_for(e), rows_out(e)); };
-    // The last local expert runs on this thread while the others are in flight.
-    if (i + 1 == local.size()) {
-      run();
+  for (int e : local) {
+    if (const auto* le = dynamic_cast<const experts::LocalExpert*>(experts[e])) {
+      together.push_back({le, rows_in(e), plan.rows_for(e), rows_out(e)});
+      status[e] = absl::OkStatus();
     } else {
-      tg.run(run);
+      tg.run([&, e] { status[e] = experts[e]->Forward(rows_in(e), plan.rows_for(e), rows_out(e)); });
     }
   }
+  if (!together.empty()) experts::ForwardLocalExperts(together);
   tg.wait();
   for (auto& [call, ids] : remote_calls) {
     const absl::Status s = call.get();

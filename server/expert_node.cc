@@ -20,7 +20,6 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <tbb/global_control.h>
-#include <tbb/task_group.h>
 
 #include "base/str_cat.h"
 #include "experts/local_expert.h"
@@ -105,7 +104,7 @@ class ExpertTable {
     return t ? std::string(gguf::TypeName(t->type)) : "";
   }
 
-  // Checks every entry before running any; runs the entries in parallel.
+  // Checks every entry before running any, then runs them all.
   absl::Status Run(const v1::ForwardRequest& req, v1::ForwardResponse* resp) const {
     const runtime::HParams& hp = model_.hparams();
     const int64_t dim = hp.n_embd;
@@ -150,24 +149,20 @@ class ExpertTable {
       y->set_expert(req.experts(i).expert());
       y->set_n_rows(req.experts(i).n_rows());
     }
-    std::vector<absl::Status> status(req.experts_size());
-    auto run = [&](int i) {
+    // All entries as one run over both cores (experts::ForwardLocalExperts).
+    std::vector<std::vector<float>> in(req.experts_size()), out(req.experts_size());
+    std::vector<experts::LocalExpertCall> calls;
+    for (int i = 0; i < req.experts_size(); ++i) {
       const v1::ExpertRows& x = req.experts(i);
       const size_t n = static_cast<size_t>(x.n_rows()) * dim;
-      std::vector<float> in(n), out(n);
-      Decode(req.dtype(), x.rows(), in.data(), n);
-      if (n > 0) status[i] = model_.layers()[layer].local_experts[x.expert()]->Forward(in.data(), x.n_rows(), out.data());
-      Encode(req.dtype(), out.data(), n, resp->mutable_experts(i)->mutable_rows());
-    };
-    tbb::task_group tg;
-    for (int i = 0; i + 1 < req.experts_size(); ++i) tg.run([&run, i] { run(i); });
-    if (req.experts_size() > 0) run(req.experts_size() - 1);  // the last one on this thread
-    tg.wait();
+      in[i].resize(n);
+      out[i].resize(n);
+      Decode(req.dtype(), x.rows(), in[i].data(), n);
+      if (n > 0) calls.push_back({&Local(layer, x.expert()), in[i].data(), x.n_rows(), out[i].data()});
+    }
+    experts::ForwardLocalExperts(calls);
     for (int i = 0; i < req.experts_size(); ++i) {
-      if (!status[i].ok()) {
-        return absl::Status(status[i].code(), StrCat("layer ", layer, " expert ", req.experts(i).expert(), ": ",
-                                                     status[i].message()));
-      }
+      Encode(req.dtype(), out[i].data(), out[i].size(), resp->mutable_experts(i)->mutable_rows());
     }
     return absl::OkStatus();
   }

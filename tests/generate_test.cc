@@ -1,7 +1,9 @@
 // Sampling, UTF-8 streaming of token bytes, and the generation loop.
 #include <unistd.h>
 
+#include <array>
 #include <cmath>
+#include <random>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +13,7 @@
 #include "experts/local_expert.h"
 #include "gguf/writer.h"
 #include "kernels/packed.h"
+#include "kernels/quantize.h"
 #include "runtime/chat_template.h"
 #include "runtime/forward.h"
 #include "runtime/generate.h"
@@ -222,6 +225,120 @@ TEST(PackedModelTest, SameLogitsAndOnlyTheRequestedMatricesPacked) {
   // Rows that are packed are no longer ranges of the mapping it reads.
   const auto& expert = static_cast<const experts::LocalExpert&>(*m_packed->layers()[0].local_experts[0]);
   EXPECT_TRUE(expert.MappedRanges().empty()) << "96 and 64 rows are whole groups of 16";
+}
+
+// ForwardLocalExperts runs several experts as two loops over all their
+// weight rows; each call must still get its own expert's block of its own
+// rows. Checked against each expert computed on its own, one product at a
+// time on the file layout (kernels::MatMul, scalar SwiGLU), and loosely
+// against a double-precision block on the dequantized weights (activations
+// are quantized to 8 bits on the way). Experts of mixed weight types (gate
+// and up of different types prepare separate activations), packed and
+// file-layout matrices, the same expert twice, a call of no rows, and batch-1
+// (decode) as well as prompt-sized calls.
+TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
+  using gguf::TensorType;
+  constexpr int64_t kDim = 256, kFfn = 512;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  struct Weights {
+    std::vector<uint8_t> bytes;
+    kernels::MatrixView view;
+    std::vector<float> values;  // dequantized, rows x cols
+  };
+  kernels::PackedArena arena(64 << 20);
+  std::vector<std::unique_ptr<Weights>> weights;
+  auto make = [&](TensorType type, int64_t rows, int64_t cols, bool pack) {
+    auto w = std::make_unique<Weights>();
+    std::vector<float> f(static_cast<size_t>(rows * cols));
+    for (float& v : f) v = normal(rng) / std::sqrt(static_cast<float>(cols));
+    w->bytes = kernels::QuantizeTensor(type, f.data(), rows, cols);
+    w->view = {type, w->bytes.data(), rows, cols, w->bytes.size() / static_cast<uint64_t>(rows)};
+    w->values.resize(f.size());
+    for (int64_t r = 0; r < rows; ++r) kernels::DequantizeRow(type, w->view.row(r), &w->values[r * cols], cols);
+    if (pack && kernels::CanPack(type)) w->view = arena.Pack(w->view);
+    weights.push_back(std::move(w));
+    return weights.back().get();
+  };
+  struct Spec {
+    TensorType gate, up, down;
+    bool pack;
+  };
+  const Spec specs[] = {{TensorType::kQ8_0, TensorType::kQ6_K, TensorType::kQ4_K, true},
+                        {TensorType::kQ4_K, TensorType::kQ4_K, TensorType::kQ8_0, true},
+                        {TensorType::kQ8_0, TensorType::kQ8_0, TensorType::kQ8_0, false}};
+  std::vector<std::array<const Weights*, 3>> expert_weights;
+  std::vector<std::unique_ptr<experts::LocalExpert>> local;
+  for (const Spec& s : specs) {
+    const Weights *g = make(s.gate, kFfn, kDim, s.pack), *u = make(s.up, kFfn, kDim, s.pack),
+                  *d = make(s.down, kDim, kFfn, s.pack);
+    expert_weights.push_back({g, u, d});
+    local.push_back(std::make_unique<experts::LocalExpert>(g->view, u->view, d->view));
+  }
+  auto one_at_a_time = [&](int e, const float* x, float* out) {
+    const auto& [g, u, d] = expert_weights[e];
+    auto file_layout = [](const Weights* w) {
+      kernels::MatrixView v = w->view;
+      v.data = w->bytes.data();
+      v.packed = nullptr;
+      v.packed_rows = 0;
+      return v;
+    };
+    std::vector<float> gate(kFfn), up(kFfn);
+    kernels::MatMul(file_layout(g), x, kDim, 1, gate.data(), kFfn);
+    kernels::MatMul(file_layout(u), x, kDim, 1, up.data(), kFfn);
+    for (int64_t i = 0; i < kFfn; ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
+    kernels::MatMul(file_layout(d), gate.data(), kFfn, 1, out, kDim);
+  };
+  ASSERT_TRUE(!kernels::CanPack(TensorType::kQ8_0) || local[0]->gate().packed != nullptr);
+
+  auto reference = [&](int e, const float* x, float* out) {
+    const auto& [g, u, d] = expert_weights[e];
+    std::vector<double> h(kFfn);
+    for (int64_t i = 0; i < kFfn; ++i) {
+      double gi = 0, ui = 0;
+      for (int64_t k = 0; k < kDim; ++k) {
+        gi += static_cast<double>(g->values[i * kDim + k]) * x[k];
+        ui += static_cast<double>(u->values[i * kDim + k]) * x[k];
+      }
+      h[i] = gi / (1 + std::exp(-gi)) * ui;
+    }
+    for (int64_t o = 0; o < kDim; ++o) {
+      double acc = 0;
+      for (int64_t i = 0; i < kFfn; ++i) acc += static_cast<double>(d->values[o * kFfn + i]) * h[i];
+      out[o] = static_cast<float>(acc);
+    }
+  };
+
+  for (const std::vector<std::pair<int, int64_t>>& batch :
+       std::vector<std::vector<std::pair<int, int64_t>>>{{{0, 1}, {1, 1}}, {{0, 3}, {1, 1}, {2, 0}, {0, 6}, {2, 9}}}) {
+    std::vector<std::vector<float>> in, out;
+    std::vector<experts::LocalExpertCall> calls;
+    for (const auto& [e, n_rows] : batch) {
+      in.emplace_back(static_cast<size_t>(n_rows * kDim));
+      for (float& v : in.back()) v = normal(rng);
+      out.emplace_back(static_cast<size_t>(n_rows * kDim), -1.0f);
+    }
+    for (size_t c = 0; c < batch.size(); ++c) calls.push_back({local[batch[c].first].get(), in[c].data(), batch[c].second, out[c].data()});
+    experts::ForwardLocalExperts(calls);
+    for (size_t c = 0; c < batch.size(); ++c) {
+      for (int64_t r = 0; r < batch[c].second; ++r) {
+        std::vector<float> same(kDim), exact(kDim);
+        one_at_a_time(batch[c].first, &in[c][r * kDim], same.data());
+        reference(batch[c].first, &in[c][r * kDim], exact.data());
+        double sq = 0, err_same = 0, err_exact = 0;
+        for (int64_t o = 0; o < kDim; ++o) {
+          const float got = out[c][r * kDim + o];
+          sq += static_cast<double>(exact[o]) * exact[o];
+          err_same = std::max(err_same, static_cast<double>(std::fabs(same[o] - got)));
+          err_exact = std::max(err_exact, static_cast<double>(std::fabs(exact[o] - got)));
+        }
+        const double rms = std::sqrt(sq / kDim);
+        EXPECT_LT(err_same, 1e-3 * rms) << "call " << c << " row " << r;
+        EXPECT_LT(err_exact, 0.1 * rms) << "call " << c << " row " << r;
+      }
+    }
+  }
 }
 
 }  // namespace
