@@ -88,6 +88,10 @@ class File {
 
   // Releases the pages of [data, data+n) back to the kernel (they fault in again on use).
   void DropPages(const uint8_t* data, uint64_t n) const;
+  // Maps the pages of [data, data+n) into this process now, for data read
+  // sparsely later (the token embeddings: one row per token), so those reads
+  // do not each wait on a page fault.
+  void MapPages(const uint8_t* data, uint64_t n) const;
 
  private:
   File() = default;

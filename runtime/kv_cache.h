@@ -41,8 +41,8 @@ class KvCache {
   // One anonymous mapping per live sequence: page-aligned, so the rows the
   // attention kernels stream start on cache lines (a malloc'd block sat 16
   // bytes off and every 64-byte load straddled two lines, half the speed in
-  // kernels_bench attention/avx512); zero-filled and populated at Start, so
-  // no page faults land inside a forward pass.
+  // kernels_bench attention/avx512); zero-filled by a write to every page at
+  // Start, so no page faults or first-write traps land inside a forward pass.
   std::vector<std::unique_ptr<float, Unmap>> seqs_;
 };
 

@@ -28,18 +28,20 @@ class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     gguf::Writer w;
-    tools::BuildTinyModel({}, &w);
+    tools::TinyModelSpec spec;
+    spec.n_ctx = 16384;  // room for streams that outlast a test's other requests
+    tools::BuildTinyModel(spec, &w);
     // One file per process: ctest runs tests in parallel, and rewriting a file
     // a server of another test has mapped would crash that server.
     model_path_ = ::testing::TempDir() + "/server_test_" + std::to_string(::getpid()) + ".gguf";
     ASSERT_TRUE(w.WriteFile(model_path_).ok());
   }
-  std::unique_ptr<testing_support::ChildProcess> Start(int max_sequences = 16) {
+  std::unique_ptr<testing_support::ChildProcess> Start(int max_sequences = 16, int n_ctx = 256) {
     std::string error;
     auto server = testing_support::ChildProcess::Start(
         MICROMOE_BINARY,
         {"serve", "-m", model_path_, "--listen", "127.0.0.1:0", "-t", "2", "--max-sequences",
-         std::to_string(max_sequences), "-c", "256"},
+         std::to_string(max_sequences), "-c", std::to_string(n_ctx)},
         ::testing::TempDir() + "/" + ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".log", &error);
     EXPECT_NE(server, nullptr) << error;
     return server;
@@ -157,12 +159,15 @@ TEST_F(ServerTest, EveryBadFieldIsInvalidArgumentNamingIt) {
 }
 
 TEST_F(ServerTest, SequencesBeyondTheCapGetResourceExhausted) {
-  auto server = Start(2);
+  // Two long streams hold both slots; read one chunk of each so they are
+  // running. They are long enough (16000 tokens, seconds on this model) to
+  // still be running when the third request arrives on a loaded machine: 200
+  // tokens had taken under 100 ms and once finished first under ctest -j2.
+  auto server = Start(2, 16384);
   auto stub = Stub(server->address());
-  // Two long streams hold both slots; read one chunk of each so they are running.
   grpc::ClientContext c1, c2;
-  auto r1 = stub->Generate(&c1, Request("the code", 200, 1));
-  auto r2 = stub->Generate(&c2, Request("the code", 200, 2));
+  auto r1 = stub->Generate(&c1, Request("the code", 16000, 1));
+  auto r2 = stub->Generate(&c2, Request("the code", 16000, 2));
   v1::GenerateResponse r;
   ASSERT_TRUE(r1->Read(&r));
   ASSERT_TRUE(r2->Read(&r));
