@@ -27,12 +27,14 @@ struct PreparedProduct {
 // The products as one parallel loop. Work is split in units of 16 rows (one
 // packed group, see kernels/packed.h) numbered across the products.
 // - Up to kMemoryBoundRows activation rows, the kernels stream each weight
-//   once for all rows, so the loop is bound by memory: two tasks per worker
-//   (one task on one worker). Each task streams its rows as four long runs
-//   (KernelSet::gemv_*_groups), and a run's start costs a ramp of its
-//   prefetches: a batch-1 decode step ran 10% faster (median of 8 runs, 2
-//   threads) than with tasks of up to 16 units, and two tasks per worker
-//   leave some room to balance a core slowed by another process.
+//   once for all rows, so the loop is bound by memory: one task per worker.
+//   Each task streams its rows as four long runs (KernelSet::gemv_*_groups),
+//   and a run's start costs a ramp of its prefetches: a batch-1 decode step
+//   ran 10% faster (median of 8 runs, 2 threads) than with tasks of up to 16
+//   units. Two tasks per worker, which leave room to balance a core slowed
+//   by another process, measured slower for Q4_0 (tg128 at 2 threads,
+//   medians 438 and 445 against 471 and 466 t/s in two sets of five
+//   alternations) and the same for Q8_0.
 // - Above it, a task takes at least 64K multiply-adds and at least four
 //   units, and up to 16 units while that leaves four tasks per worker.
 constexpr int64_t kMemoryBoundRows = 4;
@@ -51,7 +53,7 @@ void RunProducts(const PreparedProduct* products, size_t n_products) {
   const int64_t workers = std::min<int64_t>(
       tbb::this_task_arena::max_concurrency(),
       static_cast<int64_t>(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
-  const int64_t tasks = memory_bound ? (workers > 1 ? 2 * workers : 1) : 4 * workers;
+  const int64_t tasks = memory_bound ? workers : 4 * workers;
   int64_t grain = std::max<int64_t>(int64_t{kernels::kGemvStreams}, (units + tasks - 1) / tasks);
   if (!memory_bound) {
     grain = std::max(std::min<int64_t>(16, grain), (int64_t{1} << 16) * units / std::max<int64_t>(1, unit_work));
