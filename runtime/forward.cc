@@ -14,8 +14,18 @@ namespace micromoe::runtime {
 namespace {
 
 void RmsNorm(const float* x, const float* w, int n, float eps, float* out) {
-  double sum = 0;
-  for (int i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  // Four partial sums: one chain of n dependent double additions took about
+  // 1.2 us at n = 1024, and a decode step normalises 17 rows.
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += static_cast<double>(x[i]) * x[i];
+    s1 += static_cast<double>(x[i + 1]) * x[i + 1];
+    s2 += static_cast<double>(x[i + 2]) * x[i + 2];
+    s3 += static_cast<double>(x[i + 3]) * x[i + 3];
+  }
+  for (; i < n; ++i) s0 += static_cast<double>(x[i]) * x[i];
+  const double sum = (s0 + s1) + (s2 + s3);
   const float scale = 1.0f / std::sqrt(static_cast<float>(sum / n) + eps);
   for (int i = 0; i < n; ++i) out[i] = x[i] * scale * w[i];
 }
