@@ -49,7 +49,7 @@ void RunProducts(const PreparedProduct* products, size_t n_products) {
     unit_work += units_of(products[i]) * products[i].w->cols * products[i].x->n_rows() * kUnit;
     memory_bound = memory_bound && products[i].x->n_rows() <= kMemoryBoundRows;
   }
-  if (units == 0) return;
+  if (unit_work == 0) return;  // no weight rows or no activation rows
   const int64_t workers = std::min<int64_t>(
       tbb::this_task_arena::max_concurrency(),
       static_cast<int64_t>(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));

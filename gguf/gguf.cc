@@ -259,7 +259,9 @@ void File::MapPages(const uint8_t* data, uint64_t n) const {
   if (!mapped_ || n == 0) return;
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   const uint64_t begin = static_cast<uint64_t>(data - base_) / page * page;
+#ifdef MADV_POPULATE_READ  // Linux 5.14, glibc 2.35
   ::madvise(const_cast<uint8_t*>(base_) + begin, static_cast<uint64_t>(data - base_) + n - begin, MADV_POPULATE_READ);
+#endif
   // A page the kernel populated still cost a trap of microseconds at this
   // process's first access on the project's VMs (see runtime/kv_cache.cc), so
   // every page is also read once from here.

@@ -204,7 +204,9 @@ absl::Status Model::Build(const LoadOptions& options) {
     auto t = GetTensor(f, "token_embd.weight", {d, hp_.n_vocab});
     if (!t.ok()) return t.status();
     token_embd_ = View(**t);
-    f.MapPages(token_embd_.data, token_embd_.row_bytes * static_cast<uint64_t>(hp_.n_vocab));
+    if (options.map_token_embeddings) {
+      f.MapPages(token_embd_.data, token_embd_.row_bytes * static_cast<uint64_t>(hp_.n_vocab));
+    }
   }
   const bool pack_other = options.pack_weights && options.pack_other_matrices;
   LoadOptions::ExpertMask pack_mask;

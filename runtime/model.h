@@ -77,6 +77,10 @@ struct LoadOptions {
   using ExpertMask = std::vector<std::vector<bool>>;
   std::function<ExpertMask(const HParams& hp)> experts_to_pack = nullptr;
   bool pack_other_matrices = true;
+  // Map the token-embedding table's pages at load (gguf::File::MapPages), so
+  // a generated token's row does not wait on a page fault. Off where no token
+  // is embedded (an expert node).
+  bool map_token_embeddings = true;
 };
 
 class Model {

@@ -296,6 +296,7 @@ int RunExpertNode(const ExpertNodeArgs& args) {
   std::fprintf(stderr, "loading %s\n", args.model.c_str());
   runtime::LoadOptions load;
   load.load_tokenizer = false;
+  load.map_token_embeddings = false;
   // Only the held experts are packed: the rest of the model takes no memory here.
   load.pack_other_matrices = false;
   // Spec errors are reported below, after loading.

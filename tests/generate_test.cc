@@ -234,8 +234,9 @@ TEST(PackedModelTest, SameLogitsAndOnlyTheRequestedMatricesPacked) {
 // against a double-precision block on the dequantized weights (activations
 // are quantized to 8 bits on the way). Experts of mixed weight types (gate
 // and up of different types prepare separate activations), packed and
-// file-layout matrices, the same expert twice, a call of no rows, and batch-1
-// (decode) as well as prompt-sized calls.
+// file-layout matrices, different hidden widths, the same expert twice, a
+// call of no rows, no calls, and batch-1 (decode) as well as prompt-sized
+// calls.
 TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
   using gguf::TensorType;
   constexpr int64_t kDim = 256, kFfn = 512;
@@ -263,20 +264,26 @@ TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
   struct Spec {
     TensorType gate, up, down;
     bool pack;
+    int64_t ffn;
   };
-  const Spec specs[] = {{TensorType::kQ8_0, TensorType::kQ6_K, TensorType::kQ4_K, true},
-                        {TensorType::kQ4_K, TensorType::kQ4_K, TensorType::kQ8_0, true},
-                        {TensorType::kQ8_0, TensorType::kQ8_0, TensorType::kQ8_0, false}};
+  // Packed where the active kernels pack the type: expert 0's gate, expert
+  // 1's down, all of expert 3 (F16 / BF16 gate and up); expert 2 stays in the
+  // file layout. Expert 3 also has another hidden width, not a multiple of 16.
+  const Spec specs[] = {{TensorType::kQ8_0, TensorType::kQ6_K, TensorType::kQ4_K, true, kFfn},
+                        {TensorType::kQ4_K, TensorType::kQ4_K, TensorType::kQ8_0, true, kFfn},
+                        {TensorType::kQ8_0, TensorType::kQ8_0, TensorType::kQ8_0, false, kFfn},
+                        {TensorType::kF16, TensorType::kBF16, TensorType::kF32, true, 88}};
   std::vector<std::array<const Weights*, 3>> expert_weights;
   std::vector<std::unique_ptr<experts::LocalExpert>> local;
   for (const Spec& s : specs) {
-    const Weights *g = make(s.gate, kFfn, kDim, s.pack), *u = make(s.up, kFfn, kDim, s.pack),
-                  *d = make(s.down, kDim, kFfn, s.pack);
+    const Weights *g = make(s.gate, s.ffn, kDim, s.pack), *u = make(s.up, s.ffn, kDim, s.pack),
+                  *d = make(s.down, kDim, s.ffn, s.pack);
     expert_weights.push_back({g, u, d});
     local.push_back(std::make_unique<experts::LocalExpert>(g->view, u->view, d->view));
   }
   auto one_at_a_time = [&](int e, const float* x, float* out) {
     const auto& [g, u, d] = expert_weights[e];
+    const int64_t ffn = g->view.rows;
     auto file_layout = [](const Weights* w) {
       kernels::MatrixView v = w->view;
       v.data = w->bytes.data();
@@ -284,18 +291,19 @@ TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
       v.packed_rows = 0;
       return v;
     };
-    std::vector<float> gate(kFfn), up(kFfn);
-    kernels::MatMul(file_layout(g), x, kDim, 1, gate.data(), kFfn);
-    kernels::MatMul(file_layout(u), x, kDim, 1, up.data(), kFfn);
-    for (int64_t i = 0; i < kFfn; ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
-    kernels::MatMul(file_layout(d), gate.data(), kFfn, 1, out, kDim);
+    std::vector<float> gate(ffn), up(ffn);
+    kernels::MatMul(file_layout(g), x, kDim, 1, gate.data(), ffn);
+    kernels::MatMul(file_layout(u), x, kDim, 1, up.data(), ffn);
+    for (int64_t i = 0; i < ffn; ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
+    kernels::MatMul(file_layout(d), gate.data(), ffn, 1, out, kDim);
   };
   ASSERT_TRUE(!kernels::CanPack(TensorType::kQ8_0) || local[0]->gate().packed != nullptr);
 
   auto reference = [&](int e, const float* x, float* out) {
     const auto& [g, u, d] = expert_weights[e];
-    std::vector<double> h(kFfn);
-    for (int64_t i = 0; i < kFfn; ++i) {
+    const int64_t ffn = g->view.rows;
+    std::vector<double> h(ffn);
+    for (int64_t i = 0; i < ffn; ++i) {
       double gi = 0, ui = 0;
       for (int64_t k = 0; k < kDim; ++k) {
         gi += static_cast<double>(g->values[i * kDim + k]) * x[k];
@@ -305,13 +313,14 @@ TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
     }
     for (int64_t o = 0; o < kDim; ++o) {
       double acc = 0;
-      for (int64_t i = 0; i < kFfn; ++i) acc += static_cast<double>(d->values[o * kFfn + i]) * h[i];
+      for (int64_t i = 0; i < ffn; ++i) acc += static_cast<double>(d->values[o * ffn + i]) * h[i];
       out[o] = static_cast<float>(acc);
     }
   };
 
   for (const std::vector<std::pair<int, int64_t>>& batch :
-       std::vector<std::vector<std::pair<int, int64_t>>>{{{0, 1}, {1, 1}}, {{0, 3}, {1, 1}, {2, 0}, {0, 6}, {2, 9}}}) {
+       std::vector<std::vector<std::pair<int, int64_t>>>{
+           {{0, 1}, {1, 1}}, {{0, 3}, {1, 1}, {2, 0}, {0, 6}, {2, 9}, {3, 5}}, {{3, 1}, {2, 1}}, {}}) {
     std::vector<std::vector<float>> in, out;
     std::vector<experts::LocalExpertCall> calls;
     for (const auto& [e, n_rows] : batch) {
@@ -334,7 +343,11 @@ TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
           err_exact = std::max(err_exact, static_cast<double>(std::fabs(exact[o] - got)));
         }
         const double rms = std::sqrt(sq / kDim);
-        EXPECT_LT(err_same, 1e-3 * rms) << "call " << c << " row " << r;
+        // The one-at-a-time path rounds the SwiGLU gate with std::exp, so a
+        // hidden value can land on the other side of an 8-bit rounding step
+        // before the down matrix: up to about 0.005 of the RMS (seen for 4 of
+        // 200 seeds); a wrong expert, row or buffer is off by about the RMS.
+        EXPECT_LT(err_same, 1e-2 * rms) << "call " << c << " row " << r;
         EXPECT_LT(err_exact, 0.1 * rms) << "call " << c << " row " << r;
       }
     }

@@ -160,14 +160,17 @@ TEST_F(ServerTest, EveryBadFieldIsInvalidArgumentNamingIt) {
 
 TEST_F(ServerTest, SequencesBeyondTheCapGetResourceExhausted) {
   // Two long streams hold both slots; read one chunk of each so they are
-  // running. They are long enough (16000 tokens, seconds on this model) to
-  // still be running when the third request arrives on a loaded machine: 200
-  // tokens had taken under 100 ms and once finished first under ctest -j2.
+  // running. They must still be running when the third request arrives on a
+  // loaded machine: 200 sampled tokens took under 100 ms and once finished
+  // first under ctest -j2, and sampled streams end at the end-of-sequence
+  // token after 14-1329 tokens on this model. The greedy continuations of
+  // these two prompts cycle without it (16000 tokens each with `micromoe
+  // generate --temp 0`), so they last the whole test.
   auto server = Start(2, 16384);
   auto stub = Stub(server->address());
   grpc::ClientContext c1, c2;
-  auto r1 = stub->Generate(&c1, Request("the code", 16000, 1));
-  auto r2 = stub->Generate(&c2, Request("the code", 16000, 2));
+  auto r1 = stub->Generate(&c1, Request("a", 16000, 1, 0.0f));
+  auto r2 = stub->Generate(&c2, Request("for i in range", 16000, 2, 0.0f));
   v1::GenerateResponse r;
   ASSERT_TRUE(r1->Read(&r));
   ASSERT_TRUE(r2->Read(&r));
