@@ -1,7 +1,7 @@
 #include "experts/local_expert.h"
 
 #include <algorithm>
-#include <memory>
+#include <array>
 #include <vector>
 
 #include <tbb/blocked_range.h>
@@ -75,6 +75,25 @@ void RunProducts(const PreparedProduct* products, size_t n_products) {
                     [&](const tbb::blocked_range<int64_t>& r) { run_units(r.begin(), r.end()); });
 }
 
+// prepared[i] = products[i] on x, for i < n. x is prepared once per weight
+// type and width, in acts[0..n), so products of one type share their
+// quantized activations.
+void PrepareProducts(const Product* products, size_t n, const float* x, int64_t ldx, int64_t n_x,
+                     kernels::Activations* acts, PreparedProduct* prepared) {
+  for (size_t i = 0; i < n; ++i) {
+    const kernels::MatrixView& w = *products[i].w;
+    const kernels::Activations* a = nullptr;
+    for (size_t j = 0; j < i && !a; ++j) {
+      if (prepared[j].w->type == w.type && prepared[j].w->cols == w.cols) a = prepared[j].x;
+    }
+    if (!a) {
+      acts[i].Prepare(w.type, x, ldx, n_x, w.cols);
+      a = &acts[i];
+    }
+    prepared[i] = {&w, a, products[i].y, products[i].ldy};
+  }
+}
+
 // Runs fn(i) for i < n, in parallel when `parallel`.
 template <class Fn>
 void ForEach(size_t n, bool parallel, const Fn& fn) {
@@ -88,22 +107,17 @@ void ForEach(size_t n, bool parallel, const Fn& fn) {
 }  // namespace
 
 void ParallelMatMuls(std::initializer_list<Product> products, const float* x, int64_t ldx, int64_t n_x) {
-  // Products of one weight type and width share their quantized activations.
-  const size_t n = products.size();
-  std::unique_ptr<kernels::Activations[]> acts(new kernels::Activations[n]);
-  std::vector<PreparedProduct> prepared;
-  for (const Product& p : products) {
-    const kernels::Activations* a = nullptr;
-    for (size_t j = 0; j < prepared.size() && !a; ++j) {
-      if (prepared[j].w->type == p.w->type && prepared[j].w->cols == p.w->cols) a = prepared[j].x;
-    }
-    if (!a) {
-      acts[prepared.size()].Prepare(p.w->type, x, ldx, n_x, p.w->cols);
-      a = &acts[prepared.size()];
-    }
-    prepared.push_back({p.w, a, p.y, p.ldy});
+  // Up to kMaxJointProducts products share one loop, their activations on
+  // the stack (this runs several times per layer).
+  constexpr size_t kMaxJointProducts = 4;
+  for (const Product* p = products.begin(); p != products.end();) {
+    const size_t n = std::min<size_t>(kMaxJointProducts, products.end() - p);
+    std::array<kernels::Activations, kMaxJointProducts> acts;
+    std::array<PreparedProduct, kMaxJointProducts> prepared;
+    PrepareProducts(p, n, x, ldx, n_x, acts.data(), prepared.data());
+    RunProducts(prepared.data(), n);
+    p += n;
   }
-  RunProducts(prepared.data(), prepared.size());
 }
 
 void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x, float* y, int64_t ldy) {
@@ -123,28 +137,21 @@ void ForwardLocalExperts(const std::vector<LocalExpertCall>& calls) {
   // Preparing activations (quantizing) and the gate are per call; below a few
   // rows they cost less than waking a worker.
   const bool parallel_prep = total_rows > 4;
-  std::unique_ptr<kernels::Activations[]> acts(new kernels::Activations[2 * n]);
-  std::vector<PreparedProduct> products;
+  std::vector<kernels::Activations> acts(2 * n);
+  std::vector<PreparedProduct> products(2 * n);
   ForEach(n, parallel_prep, [&](size_t i) {
     const LocalExpert& e = *calls[i].expert;
-    acts[2 * i].Prepare(e.gate().type, calls[i].in, e.dim(), calls[i].n_rows, e.dim());
-    if (e.up().type != e.gate().type) acts[2 * i + 1].Prepare(e.up().type, calls[i].in, e.dim(), calls[i].n_rows, e.dim());
+    const Product gate_up[] = {{&e.gate(), g.data() + offset[i], e.ffn_dim()}, {&e.up(), u.data() + offset[i], e.ffn_dim()}};
+    PrepareProducts(gate_up, 2, calls[i].in, e.dim(), calls[i].n_rows, &acts[2 * i], &products[2 * i]);
   });
-  for (size_t i = 0; i < n; ++i) {
-    const LocalExpert& e = *calls[i].expert;
-    const kernels::Activations* up_x = e.up().type != e.gate().type ? &acts[2 * i + 1] : &acts[2 * i];
-    products.push_back({&e.gate(), &acts[2 * i], g.data() + offset[i], e.ffn_dim()});
-    products.push_back({&e.up(), up_x, u.data() + offset[i], e.ffn_dim()});
-  }
-  RunProducts(products.data(), products.size());
-  products.clear();
+  RunProducts(products.data(), 2 * n);
   ForEach(n, parallel_prep, [&](size_t i) {
     const LocalExpert& e = *calls[i].expert;
     kernels::Active().swiglu_f32(g.data() + offset[i], u.data() + offset[i], static_cast<int64_t>(offset[i + 1] - offset[i]));
-    acts[2 * i].Prepare(e.down().type, g.data() + offset[i], e.ffn_dim(), calls[i].n_rows, e.ffn_dim());
+    const Product down = {&e.down(), calls[i].out, e.dim()};
+    PrepareProducts(&down, 1, g.data() + offset[i], e.ffn_dim(), calls[i].n_rows, &acts[2 * i], &products[i]);
   });
-  for (size_t i = 0; i < n; ++i) products.push_back({&calls[i].expert->down(), &acts[2 * i], calls[i].out, calls[i].expert->dim()});
-  RunProducts(products.data(), products.size());
+  RunProducts(products.data(), n);
 }
 
 LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kernels::MatrixView down)
