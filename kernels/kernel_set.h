@@ -101,6 +101,11 @@ struct KernelSet {
   GemvGroups gemv_bf16_groups = nullptr;
   GemmX16 gemm_f16_x16 = nullptr;
   GemvGroups gemv_f16_groups = nullptr;
+  // Packed Q4_K (layout in packed.h), with the same signatures: nb
+  // super-blocks of 256 columns, xq Q8_K activation rows, terms unused;
+  // gemm_q4_K_x16 takes any n_x up to packed_tile_rows. nullptr: the file layout.
+  GemmX16 gemm_q4_K_x16 = nullptr;
+  GemvGroups gemv_q4_K_groups = nullptr;
 };
 
 // Plain C++ reference; always available.

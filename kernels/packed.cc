@@ -28,6 +28,21 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
     }
     return;
   }
+  if (w.type == TensorType::kQ4_K) {
+    for (int i = 0; i < kPackRows; ++i) {
+      const auto* blocks = reinterpret_cast<const BlockQ4_K*>(w.row(g * kPackRows + i));
+      for (int64_t s = 0; s < w.cols / kQK_K; ++s) {
+        const BlockQ4_K& block = blocks[s];
+        uint8_t* sb = dst + s * kPackedQ4_KBytes;
+        std::memcpy(sb + 2 * i, &block.d, 2);
+        std::memcpy(sb + 32 + 2 * i, &block.dmin, 2);
+        for (int b = 0; b < 12; ++b) sb[PackedQ4_KScalesOffset(0) + 16 * b + i] = block.scales[b];
+        uint8_t* quants = sb + PackedQ4_KQuantsOffset(0);
+        for (int c = 0; c < kQK_K / 2; ++c) quants[(c / 32) * 512 + (c % 32 / 4) * 64 + 4 * i + c % 4] = block.qs[c];
+      }
+    }
+    return;
+  }
   const int64_t nb = w.cols / kQK;
   const int chunk_bytes = ChunkCount(w.type) * 64;
   for (int i = 0; i < kPackRows; ++i) {
@@ -58,11 +73,13 @@ bool CanPack(TensorType type, const KernelSet& ks) {
     case TensorType::kQ4_0: return ks.gemm_q4_0_x16 != nullptr;
     case TensorType::kBF16: return ks.gemm_bf16_x16 != nullptr;
     case TensorType::kF16: return ks.gemm_f16_x16 != nullptr;
+    case TensorType::kQ4_K: return ks.gemm_q4_K_x16 != nullptr;
     default: return false;
   }
 }
 
 uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
+  if (type == TensorType::kQ4_K) return static_cast<uint64_t>(cols / kQK_K) * kPackedQ4_KBytes;
   const uint64_t nb = static_cast<uint64_t>(cols / kQK);
   if (IsHalf(type)) return nb * 16 * 64;
   return (nb + 1) / 2 * 64 + nb * ChunkCount(type) * 64;  // scale lines and quants

@@ -21,6 +21,16 @@
 // multiplies and the B-tile layout of AMX's TDPBF16PS: a 32-column block is
 // 16 lines, one 1 KiB tile); no scales.
 //
+// Q4_K (cols a multiple of 256): per super-block of 256 columns, 2304 bytes
+// (the 16 rows' 144-byte blocks, rearranged):
+//   one line: the 16 rows' d (fp16, row i at 2i), then their dmin;
+//   three lines: the 12 scale bytes, byte b of row i at 16 b + i, so each
+//           byte of all 16 rows is one 16-byte vector (scales and mins are
+//           unpacked for 16 rows at once);
+//   32 lines of quants, 8 per pair of sub-blocks t = 0..3: in line k of pair
+//           t, bytes 4i..4i+3 are row i's qs[32t + 4k .. 32t + 4k + 3] (low
+//           nibbles: elements 4k.. of sub-block 2t; high: of 2t + 1).
+//
 // Rows past the last full group stay in the original layout.
 #pragma once
 
@@ -41,6 +51,12 @@ constexpr uint64_t PackedScalesOffset(int64_t b, int chunk_bytes) {
 constexpr uint64_t PackedQuantsOffset(int64_t b, int chunk_bytes) {
   return static_cast<uint64_t>(b / 2) * (64 + 2 * chunk_bytes) + 64 + (b % 2) * chunk_bytes;
 }
+
+// Offsets within a packed Q4_K group of super-block s's d / dmin line, its
+// scale lines and its quants (the first line of pair 0).
+constexpr uint64_t kPackedQ4_KBytes = 16 * 144;  // one super-block of 16 rows
+constexpr uint64_t PackedQ4_KScalesOffset(int64_t s) { return static_cast<uint64_t>(s) * kPackedQ4_KBytes + 64; }
+constexpr uint64_t PackedQ4_KQuantsOffset(int64_t s) { return static_cast<uint64_t>(s) * kPackedQ4_KBytes + 256; }
 
 // Whether weights of `type` have a packed form that `ks` computes with.
 bool CanPack(gguf::TensorType type, const KernelSet& ks = Active());

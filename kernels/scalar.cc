@@ -1,6 +1,7 @@
 // Scalar reference kernels: the definition every vector back-end is tested against.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/dot_rows.h"
@@ -257,6 +258,27 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
   }
 }
 
+// Packed Q4_K: each block gathered back from the packed layout, then the
+// file layout's dot product, one super-block at a time (so the float sums
+// run in the same order as over a whole row).
+void GemmQ4_KX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+                 uint64_t /*terms_stride*/, int n_x, float* out) {
+  for (int i = 0; i < 16; ++i) {
+    float sums[kMaxPackedTileRows] = {};
+    for (int64_t s = 0; s < nb; ++s) {
+      const uint8_t* sb = group + s * kPackedQ4_KBytes;
+      BlockQ4_K block;
+      std::memcpy(&block.d, sb + 2 * i, 2);
+      std::memcpy(&block.dmin, sb + 32 + 2 * i, 2);
+      for (int b = 0; b < 12; ++b) block.scales[b] = sb[PackedQ4_KScalesOffset(0) + 16 * b + i];
+      const uint8_t* quants = sb + PackedQ4_KQuantsOffset(0);
+      for (int c = 0; c < kQK_K / 2; ++c) block.qs[c] = quants[(c / 32) * 512 + (c % 32 / 4) * 64 + 4 * i + c % 4];
+      for (int r = 0; r < n_x; ++r) sums[r] += DotQ4_KQ8_K(&block, xq + r * xq_stride + s * sizeof(BlockQ8_K), kQK_K);
+    }
+    for (int r = 0; r < n_x; ++r) out[r * 16 + i] = sums[r];
+  }
+}
+
 // Packed BF16 / F16 read element by element, summed in double in column
 // order as DotBf16F32 / DotF16F32 and GemmF32X16 sum the same products.
 // Activations: BF16 codes for BF16 weights, floats for F16 weights.
@@ -331,6 +353,7 @@ const KernelSet& ScalarKernels() {
                    GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32, SwiGluF32};
     s.gemm_bf16_x16 = GemmHalfX16<true>;
     s.gemm_f16_x16 = GemmHalfX16<false>;
+    s.gemm_q4_K_x16 = GemmQ4_KX16;
     return s;
   }();
   return set;

@@ -1121,10 +1121,12 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 // last group of 16), odd block counts, 1 to 9 activation rows (tiles of four
 // and their remainders) and ranges that cut groups.
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
-  constexpr int64_t kRows = 11 * kPackRows + 5, kCols = 7 * kQK;
-  const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16}) {
+  constexpr int64_t kRows = 11 * kPackRows + 5;
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K}) {
     if (!CanPack(type, *ks_)) continue;
+    // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for Q4_K.
+    const int64_t kCols = type == TensorType::kQ4_K ? 3 * kQK_K : 7 * kQK;
+    const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     PackedArena arena(PackedBytes(type, kRows, kCols));
@@ -1283,9 +1285,9 @@ TEST_P(KernelSetTest, SwiGluMatchesDoubleReference) {
 TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   // A view packed for one back-end stays usable with any other: back-ends
   // without packed kernels read the original rows.
-  constexpr int64_t kRows = 2 * kPackRows, kCols = 4 * kQK;
+  constexpr int64_t kRows = 2 * kPackRows, kCols = 2 * kQK_K;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols), x = RandomFloats(rng_, kCols);
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16}) {
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K}) {
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     if (!CanPack(type, ScalarKernels())) GTEST_SKIP() << "scalar packed kernels expected";
@@ -1310,7 +1312,7 @@ TEST(PackedWeightsTest, SmallMatricesAndAFullArenaStayUnpacked) {
   EXPECT_EQ(v.packed_rows, 16);
   EXPECT_EQ(arena.Pack({TensorType::kQ8_0, bytes.data(), 16, kQK, sizeof(BlockQ8_0)}).packed, nullptr) << "full";
   EXPECT_FALSE(CanPack(TensorType::kF32, ScalarKernels()));
-  EXPECT_FALSE(CanPack(TensorType::kQ4_K, ScalarKernels()));
+  EXPECT_FALSE(CanPack(TensorType::kQ6_K, ScalarKernels()));
   // BF16 and F16 pack whole 32-column blocks only.
   const std::vector<uint8_t> half(16 * 48 * 2, 0);
   for (TensorType type : {TensorType::kBF16, TensorType::kF16}) {
@@ -1376,6 +1378,45 @@ TEST(PackedWeightsTest, LayoutPutsFourWeightsOfEachRowPerLane) {
   }
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ8_0, kCols), 64u + 2 * 512);
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ4_0, 3 * kQK), 2 * 64u + 3 * 256) << "odd block count: a half-empty scale line";
+}
+
+TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
+  // Row i, super-block s: d = i + 1, dmin = s + 1, scale byte b = 16 s + b +
+  // i, quant byte c = (7 i + 3 c + s) % 256, checked against packed.h.
+  constexpr int64_t kBlocks = 2;
+  std::vector<BlockQ4_K> rows(kPackRows * kBlocks);
+  for (int i = 0; i < kPackRows; ++i) {
+    for (int s = 0; s < kBlocks; ++s) {
+      BlockQ4_K& b = rows[i * kBlocks + s];
+      b.d = Fp32ToFp16(static_cast<float>(i + 1));
+      b.dmin = Fp32ToFp16(static_cast<float>(s + 1));
+      for (int k = 0; k < 12; ++k) b.scales[k] = static_cast<uint8_t>(16 * s + k + i);
+      for (int c = 0; c < kQK_K / 2; ++c) b.qs[c] = static_cast<uint8_t>((7 * i + 3 * c + s) % 256);
+    }
+  }
+  PackedArena arena(PackedBytes(TensorType::kQ4_K, kPackRows, kBlocks * kQK_K));
+  const uint8_t* g = arena
+                         .Pack({TensorType::kQ4_K, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows,
+                                kBlocks * kQK_K, kBlocks * sizeof(BlockQ4_K)})
+                         .packed;
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(PackedGroupBytes(TensorType::kQ4_K, kBlocks * kQK_K), kBlocks * kPackRows * sizeof(BlockQ4_K))
+      << "the file's bytes, rearranged";
+  for (int s = 0; s < kBlocks; ++s) {
+    const uint8_t* sb = g + s * 2304;
+    for (int i = 0; i < kPackRows; ++i) {
+      uint16_t d, dmin;
+      std::memcpy(&d, sb + 2 * i, 2);
+      std::memcpy(&dmin, sb + 32 + 2 * i, 2);
+      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+      EXPECT_EQ(Fp16ToFp32(dmin), static_cast<float>(s + 1));
+      for (int k = 0; k < 12; ++k) ASSERT_EQ(sb[64 + 16 * k + i], 16 * s + k + i) << s << " " << i << " " << k;
+      for (int c = 0; c < kQK_K / 2; ++c) {
+        const int t = c / 32, line = c % 32 / 4;
+        ASSERT_EQ(sb[256 + 512 * t + 64 * line + 4 * i + c % 4], (7 * i + 3 * c + s) % 256) << s << " " << i << " " << c;
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, KernelSetTest,
