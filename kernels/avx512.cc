@@ -317,40 +317,32 @@ void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, c
 // integer dots, multiplied by the rows' scale_j into one integer sum, and the
 // mins multiply the activation's sum of codes over sub-block j. One float
 // step per super-block: acc += d_x * (d[i] * scaled[i] - dmin[i] * mins[i]).
-// The unpacked bytes stay in registers, 16 bytes (one per row) per sub-block
-// ([j % 4][row] in scales03 / scales47 and mins03 / mins47): picked with
-// immediates, so the sub-block loops are unrolled at compile time.
 struct Q4_KScales {
-  __m512i scales03, scales47, mins03, mins47;
+  alignas(64) uint8_t scales[128];  // sub-block j's scale of row i at 16 j + i
+  alignas(64) uint8_t mins[128];
 };
 
 // Super-block sb's scale lines (bytes 0-3, 4-7 and 8-11 of the 16 rows):
 // sub-blocks 0-3 take the low 6 bits of bytes 0-3 (scales) and 4-7 (mins);
 // sub-blocks 4-7 the nibbles of bytes 8-11, topped with the top 2 bits of
-// bytes 0-3 (scales) or 4-7 (mins) moved to bits 4-5.
-inline Q4_KScales UnpackQ4_KScales(const uint8_t* sb) {
+// bytes 0-3 (scales) or 4-7 (mins) moved to bits 4-5. (Kept in registers and
+// picked with extracts instead, they made the kernel slower: 75-79 against
+// 90 GB/s from L2.)
+inline void UnpackQ4_KScales(const uint8_t* sb, Q4_KScales* out) {
   const uint8_t* lines = sb + PackedQ4_KScalesOffset(0);
   const __m512i a = _mm512_load_si512(lines), b = _mm512_load_si512(lines + 64), c = _mm512_load_si512(lines + 128);
   const __m512i low6 = _mm512_set1_epi8(63), low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
-  return {_mm512_and_si512(a, low6),
-          _mm512_or_si512(_mm512_and_si512(c, low4), _mm512_and_si512(_mm512_srli_epi16(a, 2), bits45)),
-          _mm512_and_si512(b, low6),
-          _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(c, 4), low4), _mm512_and_si512(_mm512_srli_epi16(b, 2), bits45))};
+  _mm512_store_si512(out->scales, _mm512_and_si512(a, low6));
+  _mm512_store_si512(out->mins, _mm512_and_si512(b, low6));
+  _mm512_store_si512(out->scales + 64, _mm512_or_si512(_mm512_and_si512(c, low4),
+                                                       _mm512_and_si512(_mm512_srli_epi16(a, 2), bits45)));
+  _mm512_store_si512(out->mins + 64, _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(c, 4), low4),
+                                                     _mm512_and_si512(_mm512_srli_epi16(b, 2), bits45)));
 }
 
-// Sub-block j's byte per row (of scales or mins) as 32-bit lanes.
-template <int kJ>
-inline __m512i SubBlockLanes(__m512i bytes03, __m512i bytes47) {
-  return _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(kJ < 4 ? bytes03 : bytes47, kJ % 4));
-}
-
-// Calls fn(std::integral_constant<int, t>) for t = 0..3.
-template <class Fn>
-inline void ForEachPair(const Fn& fn) {
-  fn(std::integral_constant<int, 0>{});
-  fn(std::integral_constant<int, 1>{});
-  fn(std::integral_constant<int, 2>{});
-  fn(std::integral_constant<int, 3>{});
+// 16 bytes (one per row) as 32-bit lanes.
+inline __m512i WidenRowBytes(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
 // The 8 lines of sub-block pair t as 16 vectors of nibbles: w[k] holds
@@ -372,8 +364,7 @@ inline __m512i BroadcastCode4(const int8_t* p) {
 
 // Lane i: sum over sub-blocks 2t and 2t + 1 of row i's scale times its dot
 // with the 64 codes x (w from UnpackQ4_KPair).
-template <int kT>
-inline __m512i ScaledPairDot(const __m512i w[16], const int8_t* x, const Q4_KScales& s) {
+inline __m512i ScaledPairDot(const __m512i w[16], const int8_t* x, const uint8_t* scales) {
   __m512i low0 = _mm512_setzero_si512(), low1 = low0, high0 = low0, high1 = low0;
   for (int k = 0; k < 8; k += 2) {
     low0 = _mm512_dpbusd_epi32(low0, w[k], BroadcastCode4(x + 4 * k));
@@ -382,42 +373,39 @@ inline __m512i ScaledPairDot(const __m512i w[16], const int8_t* x, const Q4_KSca
     high1 = _mm512_dpbusd_epi32(high1, w[9 + k], BroadcastCode4(x + 36 + 4 * k));
   }
   return _mm512_add_epi32(
-      _mm512_mullo_epi32(_mm512_add_epi32(low0, low1), SubBlockLanes<2 * kT>(s.scales03, s.scales47)),
-      _mm512_mullo_epi32(_mm512_add_epi32(high0, high1), SubBlockLanes<2 * kT + 1>(s.scales03, s.scales47)));
+      _mm512_mullo_epi32(_mm512_add_epi32(low0, low1), WidenRowBytes(scales)),
+      _mm512_mullo_epi32(_mm512_add_epi32(high0, high1), WidenRowBytes(scales + 16)));
 }
 
 // Lane i: sum over sub-blocks j of row i's min_j times the activation's sum
 // of codes over sub-block j.
-inline __m512i MinTerms(const Q4_KScales& s, const BlockQ8_K& x) {
+inline __m512i MinTerms(const uint8_t* mins, const BlockQ8_K& x) {
   __m512i m = _mm512_setzero_si512();
-  ForEachPair([&](auto t) {
-    constexpr int kJ = 2 * decltype(t)::value;
-    const __m512i low = _mm512_set1_epi32(x.bsums[2 * kJ] + x.bsums[2 * kJ + 1]);
-    const __m512i high = _mm512_set1_epi32(x.bsums[2 * kJ + 2] + x.bsums[2 * kJ + 3]);
-    m = _mm512_add_epi32(m, _mm512_mullo_epi32(SubBlockLanes<kJ>(s.mins03, s.mins47), low));
-    m = _mm512_add_epi32(m, _mm512_mullo_epi32(SubBlockLanes<kJ + 1>(s.mins03, s.mins47), high));
-  });
+  for (int j = 0; j < 8; ++j) {
+    const __m512i sum = _mm512_set1_epi32(x.bsums[2 * j] + x.bsums[2 * j + 1]);
+    m = _mm512_add_epi32(m, _mm512_mullo_epi32(WidenRowBytes(mins + 16 * j), sum));
+  }
   return m;
 }
 
 // Super-block sb of one group against activation block x: scaled dots and mins into acc.
 template <int kAhead>
 inline __m512 AddQ4_KSuperBlock(const uint8_t* sb, const BlockQ8_K& x, __m512 acc) {
-  const Q4_KScales s = UnpackQ4_KScales(sb);
+  Q4_KScales s;
+  UnpackQ4_KScales(sb, &s);
   __m512i scaled = _mm512_setzero_si512();
-  ForEachPair([&](auto t) {
-    constexpr int kT = decltype(t)::value;
+  for (int t = 0; t < 4; ++t) {
     // The 9 lines from 576 t on, kAhead bytes further.
-    for (int k = 0; k < 9; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 576 * kT + 64 * k), _MM_HINT_T0);
+    for (int k = 0; k < 9; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 576 * t + 64 * k), _MM_HINT_T0);
     __m512i w[16];
-    UnpackQ4_KPair(sb + PackedQ4_KQuantsOffset(0) + 512 * kT, w);
-    scaled = _mm512_add_epi32(scaled, ScaledPairDot<kT>(w, x.qs + 64 * kT, s));
-  });
+    UnpackQ4_KPair(sb + PackedQ4_KQuantsOffset(0) + 512 * t, w);
+    scaled = _mm512_add_epi32(scaled, ScaledPairDot(w, x.qs + 64 * t, s.scales + 32 * t));
+  }
   const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb)));
   const __m512 dmin = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 32)));
   const __m512 dx = _mm512_set1_ps(x.d);
   acc = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(scaled), acc);
-  return _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(MinTerms(s, x)), acc);
+  return _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(MinTerms(s.mins, x)), acc);
 }
 
 // Up to four activation rows: each super-block is unpacked once per row (the
@@ -435,19 +423,60 @@ void GemmQ4_KX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64
   for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
 }
 
-// The decode form of GemmQ4_KX16Rows<1> over kGroups streams, as GemvGroupsOf.
-template <int kGroups>
-void GemvQ4_KGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, float* const* outs) {
-  const BlockQ8_K* x = reinterpret_cast<const BlockQ8_K*>(xq);
-  __m512 acc[kGroups];
-  for (int i = 0; i < kGroups; ++i) acc[i] = _mm512_setzero_ps();
+
+// Packed Q6_K (packed.h) against Q8_K activations: per sub-block j of 16,
+// the 6-bit values of each row are put together from its three lines, and
+// dpbusd adds their products with the codes to a chain that starts at -32
+// times the activation's sum over the sub-block (the values' offset), so
+// lane i gets row i's dot with (q - 32); times its scale into one integer
+// sum; one float step per super-block: acc += d[i] * d_x * scaled[i].
+inline __m512i Q6_KScaledSubBlock(const uint8_t* sb, int j, const BlockQ8_K& x) {
+  const uint8_t* lines = sb + 256 + 192 * j;
+  const __m512i low = _mm512_load_si512(lines), high = _mm512_load_si512(lines + 64), top = _mm512_load_si512(lines + 128);
+  const __m512i low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
+  const __m512i q0 = _mm512_or_si512(_mm512_and_si512(low, low4), _mm512_and_si512(_mm512_slli_epi16(top, 4), bits45));
+  const __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(low, 4), low4),
+                                     _mm512_and_si512(_mm512_slli_epi16(top, 2), bits45));
+  const __m512i q2 = _mm512_or_si512(_mm512_and_si512(high, low4), _mm512_and_si512(top, bits45));
+  const __m512i q3 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(high, 4), low4),
+                                     _mm512_and_si512(_mm512_srli_epi16(top, 2), bits45));
+  const int8_t* codes = x.qs + 16 * j;
+  __m512i dot = _mm512_set1_epi32(-32 * x.bsums[j]);
+  dot = _mm512_dpbusd_epi32(dot, q0, BroadcastCode4(codes));
+  dot = _mm512_dpbusd_epi32(dot, q1, BroadcastCode4(codes + 4));
+  dot = _mm512_dpbusd_epi32(dot, q2, BroadcastCode4(codes + 8));
+  dot = _mm512_dpbusd_epi32(dot, q3, BroadcastCode4(codes + 12));
+  return _mm512_mullo_epi32(dot, _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(sb + 16 * j))));
+}
+
+// Super-block sb (its d at d16) of one group against activation block x, into acc.
+template <int kAhead>
+inline __m512 AddQ6_KSuperBlock(const uint8_t* sb, const uint8_t* d16, const BlockQ8_K& x, __m512 acc) {
+  __m512i scaled = _mm512_setzero_si512();
+  for (int j = 0; j < 16; ++j) {
+    // The 52 lines: sub-block j's three, and scale line j in the first four steps.
+    if (j < 4) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 64 * j), _MM_HINT_T0);
+    for (int k = 0; k < 3; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 256 + 192 * j + 64 * k), _MM_HINT_T0);
+    scaled = _mm512_add_epi32(scaled, Q6_KScaledSubBlock(sb, j, x));
+  }
+  const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d16)));
+  return _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), _mm512_cvtepi32_ps(scaled), acc);
+}
+
+template <int kRows>
+void GemmQ6_KX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, float* out) {
+  __m512 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t s = 0; s < nb; ++s) {
-    for (int i = 0; i < kGroups; ++i) {
-      acc[i] = AddQ4_KSuperBlock<kPrefetchBytes / kGroups>(groups[i] + s * kPackedQ4_KBytes, x[s], acc[i]);
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ8_K& x = reinterpret_cast<const BlockQ8_K*>(xq + r * xq_stride)[s];
+      acc[r] = AddQ6_KSuperBlock<kPrefetchBytes>(group + PackedQ6_KBlockOffset(nb, s), group + PackedQ6_KDOffset(s), x,
+                                                 acc[r]);
     }
   }
-  for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(outs[i], acc[i]);
+  for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
 }
+
 
 // Packed BF16 (packed.h): line p of a group holds column pair p of its 16
 // rows, so VDPBF16PS with the activation pair broadcast adds both products
@@ -574,14 +603,6 @@ void GemvF16GroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* x,
   }
   for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(outs[i], AddLanePairs(low[i], high[i]));
 }
-
-struct Q4_KGroups {
-  template <int kGroups>
-  static void Run(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, const float* /*terms*/,
-                  float* const* outs) {
-    GemvQ4_KGroupsOf<kGroups>(groups, nb, xq, outs);
-  }
-};
 
 // The streamed group kernels of each packed type, for GemvGroups.
 template <bool kQ4>
@@ -847,7 +868,8 @@ const KernelSet* Avx512Kernels() {
     s.gemm_f16_x16 = GemmX16InTilesOf4<GemmF16X16Rows<1>, GemmF16X16Rows<2>, GemmF16X16Rows<3>, GemmF16X16Rows<4>>;
     s.gemv_f16_groups = GemvGroups<HalfGroups<false>>;
     s.gemm_q4_K_x16 = GemmX16InTilesOf4<GemmQ4_KX16Rows<1>, GemmQ4_KX16Rows<2>, GemmQ4_KX16Rows<3>, GemmQ4_KX16Rows<4>>;
-    s.gemv_q4_K_groups = GemvGroups<Q4_KGroups>;
+    s.gemm_q6_K_x16 = GemmX16InTilesOf4<GemmQ6_KX16Rows<1>, GemmQ6_KX16Rows<2>, GemmQ6_KX16Rows<3>, GemmQ6_KX16Rows<4>>;
+
     if (GetCpuFeatures().avx512bf16) {  // else BF16 weights stay in the file layout
       s.gemm_bf16_x16 =
           GemmX16InTilesOf4<GemmBf16X16Rows<1>, GemmBf16X16Rows<2>, GemmBf16X16Rows<3>, GemmBf16X16Rows<4>>;

@@ -210,7 +210,10 @@ PackedInput PackedInputFor(TensorType type, const Activations& x, const KernelSe
       return {ks.gemm_q4_0_x16, ks.gemv_q4_0_groups, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
               x.terms_row(0), x.terms_stride()};
     case TensorType::kQ4_K:
-      return {ks.gemm_q4_K_x16, ks.gemv_q4_K_groups, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
+      return {ks.gemm_q4_K_x16, nullptr, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
+              nullptr, 0};
+    case TensorType::kQ6_K:
+      return {ks.gemm_q6_K_x16, nullptr, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
               nullptr, 0};
     case TensorType::kBF16:
       return {ks.gemm_bf16_x16, ks.gemv_bf16_groups, reinterpret_cast<const uint8_t*>(x.bf16_row(0)),
@@ -227,7 +230,7 @@ PackedInput PackedInputFor(TensorType type, const Activations& x, const KernelSe
 void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
                       int64_t o_end, const KernelSet& ks) {
   const PackedInput in = PackedInputFor(w.type, x, ks);
-  const int64_t nb = w.cols / (w.type == TensorType::kQ4_K ? kQK_K : kQK);
+  const int64_t nb = w.cols / (IsKQuant(w.type) ? kQK_K : kQK);
   const int64_t n_x = x.n_rows();
   float out[kMaxPackedTileRows * kPackRows];
   for (int64_t g = o_begin / kPackRows; g * kPackRows < o_end; ++g) {

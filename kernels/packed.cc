@@ -43,6 +43,27 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
     }
     return;
   }
+  if (w.type == TensorType::kQ6_K) {
+    const int64_t nb = w.cols / kQK_K;
+    for (int i = 0; i < kPackRows; ++i) {
+      const auto* blocks = reinterpret_cast<const BlockQ6_K*>(w.row(g * kPackRows + i));
+      for (int64_t s = 0; s < nb; ++s) {
+        const BlockQ6_K& block = blocks[s];
+        std::memcpy(dst + PackedQ6_KDOffset(s) + 2 * i, &block.d, 2);
+        uint8_t* sb = dst + PackedQ6_KBlockOffset(nb, s);
+        for (int j = 0; j < 16; ++j) {
+          sb[16 * j + i] = static_cast<uint8_t>(block.scales[j]);
+          uint8_t* lines = sb + 256 + 192 * j;
+          for (int e = 0; e < 16; ++e) {  // element 16j + e: quad e / 4, position m = e % 4
+            const int q = Q6_KValue(block, 16 * j + e), quad = e / 4, m = e % 4;
+            lines[(quad / 2) * 64 + 4 * i + m] |= static_cast<uint8_t>((q & 0x0F) << (4 * (quad % 2)));
+            lines[128 + 4 * i + m] |= static_cast<uint8_t>((q >> 4) << (2 * quad));
+          }
+        }
+      }
+    }
+    return;
+  }
   const int64_t nb = w.cols / kQK;
   const int chunk_bytes = ChunkCount(w.type) * 64;
   for (int i = 0; i < kPackRows; ++i) {
@@ -74,12 +95,14 @@ bool CanPack(TensorType type, const KernelSet& ks) {
     case TensorType::kBF16: return ks.gemm_bf16_x16 != nullptr;
     case TensorType::kF16: return ks.gemm_f16_x16 != nullptr;
     case TensorType::kQ4_K: return ks.gemm_q4_K_x16 != nullptr;
+    case TensorType::kQ6_K: return ks.gemm_q6_K_x16 != nullptr;
     default: return false;
   }
 }
 
 uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
   if (type == TensorType::kQ4_K) return static_cast<uint64_t>(cols / kQK_K) * kPackedQ4_KBytes;
+  if (type == TensorType::kQ6_K) return PackedQ6_KBlockOffset(cols / kQK_K, cols / kQK_K);
   const uint64_t nb = static_cast<uint64_t>(cols / kQK);
   if (IsHalf(type)) return nb * 16 * 64;
   return (nb + 1) / 2 * 64 + nb * ChunkCount(type) * 64;  // scale lines and quants

@@ -31,6 +31,18 @@
 //           t, bytes 4i..4i+3 are row i's qs[32t + 4k .. 32t + 4k + 3] (low
 //           nibbles: elements 4k.. of sub-block 2t; high: of 2t + 1).
 //
+// Q6_K (cols a multiple of 256): first the 16 rows' d (fp16) of every
+// super-block, 32 bytes per super-block (row i at 2i), padded to whole lines;
+// then per super-block 3328 bytes (52 lines):
+//   four lines of scales: sub-block j's int8 scale of row i at 16 j + i;
+//   three lines per sub-block j of 16 elements (its 6-bit values q, stored
+//           without the -32): in the first, byte 4i + m holds the low 4 bits
+//           of row i's elements 16j + m (low nibble) and 16j + 4 + m (high);
+//           in the second those of 16j + 8 + m and 16j + 12 + m; in the
+//           third, byte 4i + m holds the top 2 bits of elements 16j + m,
+//           16j + 4 + m, 16j + 8 + m and 16j + 12 + m (bits 0-1, 2-3, 4-5, 6-7).
+// A group is the file's bytes plus at most 32 bytes of padding.
+//
 // Rows past the last full group stay in the original layout.
 #pragma once
 
@@ -57,6 +69,14 @@ constexpr uint64_t PackedQuantsOffset(int64_t b, int chunk_bytes) {
 constexpr uint64_t kPackedQ4_KBytes = 16 * 144;  // one super-block of 16 rows
 constexpr uint64_t PackedQ4_KScalesOffset(int64_t s) { return static_cast<uint64_t>(s) * kPackedQ4_KBytes + 64; }
 constexpr uint64_t PackedQ4_KQuantsOffset(int64_t s) { return static_cast<uint64_t>(s) * kPackedQ4_KBytes + 256; }
+
+// Offsets within a packed Q6_K group of nb super-blocks of super-block s's
+// d (16 fp16) and of its scale lines (then its sub-blocks' lines).
+constexpr uint64_t kPackedQ6_KBytes = 52 * 64;  // one super-block of 16 rows, less the d
+constexpr uint64_t PackedQ6_KDOffset(int64_t s) { return static_cast<uint64_t>(s) * 32; }
+constexpr uint64_t PackedQ6_KBlockOffset(int64_t nb, int64_t s) {
+  return (static_cast<uint64_t>(nb) * 32 + 63) / 64 * 64 + static_cast<uint64_t>(s) * kPackedQ6_KBytes;
+}
 
 // Whether weights of `type` have a packed form that `ks` computes with.
 bool CanPack(gguf::TensorType type, const KernelSet& ks = Active());

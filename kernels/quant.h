@@ -47,6 +47,23 @@ struct BlockQ6_K {
 };
 static_assert(sizeof(BlockQ6_K) == 210);
 
+// Element e of a Q6_K block as stored, q in 0..63 (value d * scales[e / 16]
+// * (q - 32)): for e = 128h + 32g + l, the low 4 bits are in ql[64h + 32 (g %
+// 2) + l] (low nibble for g < 2, high for g >= 2) and the top 2 bits at bits
+// 2g, 2g + 1 of qh[32h + l].
+inline int Q6_KValue(const BlockQ6_K& b, int e) {
+  const int h = e / 128, g = e % 128 / 32, l = e % 32;
+  const int low = (b.ql[64 * h + 32 * (g % 2) + l] >> (4 * (g / 2))) & 0x0F;
+  return low | (((b.qh[32 * h + l] >> (2 * g)) & 3) << 4);
+}
+
+// Sets element e to q, where its bits are still zero.
+inline void SetQ6_KValue(BlockQ6_K& b, int e, int q) {
+  const int h = e / 128, g = e % 128 / 32, l = e % 32;
+  b.ql[64 * h + 32 * (g % 2) + l] |= static_cast<uint8_t>((q & 0x0F) << (4 * (g / 2)));
+  b.qh[32 * h + l] |= static_cast<uint8_t>((q >> 4) << (2 * g));
+}
+
 // Activations for the K-quant dot products (not a weight type here): codes
 // q with value d * q, and the sum of each 16 consecutive codes, so the
 // products can apply per-sub-block offsets (Q4_K/Q5_K mins, Q6_K's -32)

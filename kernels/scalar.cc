@@ -279,6 +279,31 @@ void GemmQ4_KX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t x
   }
 }
 
+// Packed Q6_K, the same way.
+void GemmQ6_KX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+                 uint64_t /*terms_stride*/, int n_x, float* out) {
+  for (int i = 0; i < 16; ++i) {
+    float sums[kMaxPackedTileRows] = {};
+    for (int64_t s = 0; s < nb; ++s) {
+      BlockQ6_K block{};
+      std::memcpy(&block.d, group + PackedQ6_KDOffset(s) + 2 * i, 2);
+      const uint8_t* sb = group + PackedQ6_KBlockOffset(nb, s);
+      for (int j = 0; j < 16; ++j) {
+        block.scales[j] = static_cast<int8_t>(sb[16 * j + i]);
+        const uint8_t* lines = sb + 256 + 192 * j;
+        for (int e = 0; e < 16; ++e) {
+          const int quad = e / 4, m = e % 4;
+          const int low = (lines[(quad / 2) * 64 + 4 * i + m] >> (4 * (quad % 2))) & 0x0F;
+          const int high = (lines[128 + 4 * i + m] >> (2 * quad)) & 3;
+          SetQ6_KValue(block, 16 * j + e, low | (high << 4));
+        }
+      }
+      for (int r = 0; r < n_x; ++r) sums[r] += DotQ6_KQ8_K(&block, xq + r * xq_stride + s * sizeof(BlockQ8_K), kQK_K);
+    }
+    for (int r = 0; r < n_x; ++r) out[r * 16 + i] = sums[r];
+  }
+}
+
 // Packed BF16 / F16 read element by element, summed in double in column
 // order as DotBf16F32 / DotF16F32 and GemmF32X16 sum the same products.
 // Activations: BF16 codes for BF16 weights, floats for F16 weights.
@@ -354,6 +379,7 @@ const KernelSet& ScalarKernels() {
     s.gemm_bf16_x16 = GemmHalfX16<true>;
     s.gemm_f16_x16 = GemmHalfX16<false>;
     s.gemm_q4_K_x16 = GemmQ4_KX16;
+    s.gemm_q6_K_x16 = GemmQ6_KX16;
     return s;
   }();
   return set;

@@ -1122,10 +1122,11 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 // and their remainders) and ranges that cut groups.
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5;
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K}) {
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
+                          TensorType::kQ6_K}) {
     if (!CanPack(type, *ks_)) continue;
-    // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for Q4_K.
-    const int64_t kCols = type == TensorType::kQ4_K ? 3 * kQK_K : 7 * kQK;
+    // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for the K-quants.
+    const int64_t kCols = type == TensorType::kQ4_K || type == TensorType::kQ6_K ? 3 * kQK_K : 7 * kQK;
     const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
@@ -1287,7 +1288,8 @@ TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   // without packed kernels read the original rows.
   constexpr int64_t kRows = 2 * kPackRows, kCols = 2 * kQK_K;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols), x = RandomFloats(rng_, kCols);
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K}) {
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
+                          TensorType::kQ6_K}) {
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     if (!CanPack(type, ScalarKernels())) GTEST_SKIP() << "scalar packed kernels expected";
@@ -1312,7 +1314,7 @@ TEST(PackedWeightsTest, SmallMatricesAndAFullArenaStayUnpacked) {
   EXPECT_EQ(v.packed_rows, 16);
   EXPECT_EQ(arena.Pack({TensorType::kQ8_0, bytes.data(), 16, kQK, sizeof(BlockQ8_0)}).packed, nullptr) << "full";
   EXPECT_FALSE(CanPack(TensorType::kF32, ScalarKernels()));
-  EXPECT_FALSE(CanPack(TensorType::kQ6_K, ScalarKernels()));
+  EXPECT_FALSE(CanPack(TensorType::kQ5_K, ScalarKernels()));
   // BF16 and F16 pack whole 32-column blocks only.
   const std::vector<uint8_t> half(16 * 48 * 2, 0);
   for (TensorType type : {TensorType::kBF16, TensorType::kF16}) {
@@ -1414,6 +1416,53 @@ TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
       for (int c = 0; c < kQK_K / 2; ++c) {
         const int t = c / 32, line = c % 32 / 4;
         ASSERT_EQ(sb[256 + 512 * t + 64 * line + 4 * i + c % 4], (7 * i + 3 * c + s) % 256) << s << " " << i << " " << c;
+      }
+    }
+  }
+}
+
+TEST(PackedWeightsTest, Q6_KLayoutPutsTheDsFirstThenScalesAndSplitValues) {
+  // Row i, super-block s: d = i + 1, scale j = j - 8 + s, element e = (5 e +
+  // i + s) % 64, checked against packed.h; 3 super-blocks, so the d's take
+  // 96 bytes padded to two lines.
+  constexpr int64_t kBlocks = 3;
+  std::vector<BlockQ6_K> rows(kPackRows * kBlocks);
+  auto value = [](int i, int s, int e) { return (5 * e + i + s) % 64; };
+  for (int i = 0; i < kPackRows; ++i) {
+    for (int s = 0; s < kBlocks; ++s) {
+      BlockQ6_K& b = rows[i * kBlocks + s];
+      b = BlockQ6_K{};
+      b.d = Fp32ToFp16(static_cast<float>(i + 1));
+      for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<int8_t>(j - 8 + s);
+      for (int e = 0; e < kQK_K; ++e) SetQ6_KValue(b, e, value(i, s, e));
+      for (int e = 0; e < kQK_K; ++e) ASSERT_EQ(Q6_KValue(b, e), value(i, s, e)) << "set / get round trip";
+    }
+  }
+  PackedArena arena(PackedBytes(TensorType::kQ6_K, kPackRows, kBlocks * kQK_K));
+  const uint8_t* g = arena
+                         .Pack({TensorType::kQ6_K, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows,
+                                kBlocks * kQK_K, kBlocks * sizeof(BlockQ6_K)})
+                         .packed;
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(PackedGroupBytes(TensorType::kQ6_K, kBlocks * kQK_K), 128 + kBlocks * 3328u);
+  EXPECT_EQ(PackedGroupBytes(TensorType::kQ6_K, 4 * kQK_K), 4 * kPackRows * sizeof(BlockQ6_K)) << "even: no padding";
+  for (int s = 0; s < kBlocks; ++s) {
+    const uint8_t* sb = g + 128 + s * 3328;
+    for (int i = 0; i < kPackRows; ++i) {
+      uint16_t d;
+      std::memcpy(&d, g + 32 * s + 2 * i, 2);
+      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+      for (int j = 0; j < 16; ++j) {
+        ASSERT_EQ(static_cast<int8_t>(sb[16 * j + i]), j - 8 + s);
+        const uint8_t* lines = sb + 256 + 192 * j;
+        for (int m = 0; m < 4; ++m) {
+          const uint8_t low = lines[4 * i + m], high = lines[64 + 4 * i + m], top = lines[128 + 4 * i + m];
+          const int expect[4] = {value(i, s, 16 * j + m), value(i, s, 16 * j + 4 + m), value(i, s, 16 * j + 8 + m),
+                                 value(i, s, 16 * j + 12 + m)};
+          const int got[4] = {(low & 15) | (top & 3) << 4, (low >> 4) | (top >> 2 & 3) << 4,
+                              (high & 15) | (top >> 4 & 3) << 4, (high >> 4) | (top >> 6) << 4};
+          for (int k = 0; k < 4; ++k) ASSERT_EQ(got[k], expect[k]) << s << " " << i << " " << j << " " << m << " " << k;
+        }
       }
     }
   }
