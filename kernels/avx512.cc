@@ -388,41 +388,32 @@ inline __m512i MinTerms(const uint8_t* mins, const BlockQ8_K& x) {
   return m;
 }
 
-// Super-block sb of one group against activation block x: scaled dots and mins into acc.
-template <int kAhead>
-inline __m512 AddQ4_KSuperBlock(const uint8_t* sb, const BlockQ8_K& x, __m512 acc) {
+// Super-block sb of one group against the activation blocks x[r] of
+// kRows rows, into acc[r]: each pair of sub-blocks is unpacked once for all
+// rows (the prompt path's weights sit in L1 meanwhile).
+template <int kRows, int kAhead>
+inline void AddQ4_KSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
   Q4_KScales s;
   UnpackQ4_KScales(sb, &s);
-  __m512i scaled = _mm512_setzero_si512();
+  __m512i scaled[kRows];
+  for (int r = 0; r < kRows; ++r) scaled[r] = _mm512_setzero_si512();
   for (int t = 0; t < 4; ++t) {
     // The 9 lines from 576 t on, kAhead bytes further.
     for (int k = 0; k < 9; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 576 * t + 64 * k), _MM_HINT_T0);
     __m512i w[16];
     UnpackQ4_KPair(sb + PackedQ4_KQuantsOffset(0) + 512 * t, w);
-    scaled = _mm512_add_epi32(scaled, ScaledPairDot(w, x.qs + 64 * t, s.scales + 32 * t));
+    for (int r = 0; r < kRows; ++r) {
+      scaled[r] = _mm512_add_epi32(scaled[r], ScaledPairDot(w, x[r]->qs + 64 * t, s.scales + 32 * t));
+    }
   }
   const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb)));
   const __m512 dmin = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 32)));
-  const __m512 dx = _mm512_set1_ps(x.d);
-  acc = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(scaled), acc);
-  return _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(MinTerms(s.mins, x)), acc);
-}
-
-// Up to four activation rows: each super-block is unpacked once per row (the
-// prompt path's weights sit in L1 meanwhile).
-template <int kRows>
-void GemmQ4_KX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, float* out) {
-  __m512 acc[kRows];
-  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t s = 0; s < nb; ++s) {
-    for (int r = 0; r < kRows; ++r) {
-      const BlockQ8_K& x = reinterpret_cast<const BlockQ8_K*>(xq + r * xq_stride)[s];
-      acc[r] = AddQ4_KSuperBlock<kPrefetchBytes>(group + s * kPackedQ4_KBytes, x, acc[r]);
-    }
+  for (int r = 0; r < kRows; ++r) {
+    const __m512 dx = _mm512_set1_ps(x[r]->d);
+    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(scaled[r]), acc[r]);
+    acc[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(MinTerms(s.mins, *x[r])), acc[r]);
   }
-  for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
 }
-
 
 // Packed Q6_K (packed.h) against Q8_K activations: per sub-block j of 16,
 // the 6-bit values of each row are put together from its three lines, and
@@ -430,7 +421,8 @@ void GemmQ4_KX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64
 // times the activation's sum over the sub-block (the values' offset), so
 // lane i gets row i's dot with (q - 32); times its scale into one integer
 // sum; one float step per super-block: acc += d[i] * d_x * scaled[i].
-inline __m512i Q6_KScaledSubBlock(const uint8_t* sb, int j, const BlockQ8_K& x) {
+template <int kRows>
+inline void AddQ6_KSubBlock(const uint8_t* sb, int j, const BlockQ8_K* const x[kRows], __m512i scaled[kRows]) {
   const uint8_t* lines = sb + 256 + 192 * j;
   const __m512i low = _mm512_load_si512(lines), high = _mm512_load_si512(lines + 64), top = _mm512_load_si512(lines + 128);
   const __m512i low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
@@ -440,43 +432,53 @@ inline __m512i Q6_KScaledSubBlock(const uint8_t* sb, int j, const BlockQ8_K& x) 
   const __m512i q2 = _mm512_or_si512(_mm512_and_si512(high, low4), _mm512_and_si512(top, bits45));
   const __m512i q3 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(high, 4), low4),
                                      _mm512_and_si512(_mm512_srli_epi16(top, 2), bits45));
-  const int8_t* codes = x.qs + 16 * j;
-  __m512i dot = _mm512_set1_epi32(-32 * x.bsums[j]);
-  dot = _mm512_dpbusd_epi32(dot, q0, BroadcastCode4(codes));
-  dot = _mm512_dpbusd_epi32(dot, q1, BroadcastCode4(codes + 4));
-  dot = _mm512_dpbusd_epi32(dot, q2, BroadcastCode4(codes + 8));
-  dot = _mm512_dpbusd_epi32(dot, q3, BroadcastCode4(codes + 12));
-  return _mm512_mullo_epi32(dot, _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(sb + 16 * j))));
+  const __m512i scale = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(sb + 16 * j)));
+  for (int r = 0; r < kRows; ++r) {
+    const int8_t* codes = x[r]->qs + 16 * j;
+    __m512i dot = _mm512_set1_epi32(-32 * x[r]->bsums[j]);
+    dot = _mm512_dpbusd_epi32(dot, q0, BroadcastCode4(codes));
+    dot = _mm512_dpbusd_epi32(dot, q1, BroadcastCode4(codes + 4));
+    dot = _mm512_dpbusd_epi32(dot, q2, BroadcastCode4(codes + 8));
+    dot = _mm512_dpbusd_epi32(dot, q3, BroadcastCode4(codes + 12));
+    scaled[r] = _mm512_add_epi32(scaled[r], _mm512_mullo_epi32(dot, scale));
+  }
 }
 
-// Super-block sb (its d at d16) of one group against activation block x, into acc.
-template <int kAhead>
-inline __m512 AddQ6_KSuperBlock(const uint8_t* sb, const uint8_t* d16, const BlockQ8_K& x, __m512 acc) {
-  __m512i scaled = _mm512_setzero_si512();
+// Super-block sb (its d at d16) of one group against the activation blocks
+// x[r] of kRows rows, into acc[r].
+template <int kRows, int kAhead>
+inline void AddQ6_KSuperBlock(const uint8_t* sb, const uint8_t* d16, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
+  __m512i scaled[kRows];
+  for (int r = 0; r < kRows; ++r) scaled[r] = _mm512_setzero_si512();
   for (int j = 0; j < 16; ++j) {
     // The 52 lines: sub-block j's three, and scale line j in the first four steps.
     if (j < 4) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 64 * j), _MM_HINT_T0);
     for (int k = 0; k < 3; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 256 + 192 * j + 64 * k), _MM_HINT_T0);
-    scaled = _mm512_add_epi32(scaled, Q6_KScaledSubBlock(sb, j, x));
+    AddQ6_KSubBlock<kRows>(sb, j, x, scaled);
   }
   const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d16)));
-  return _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), _mm512_cvtepi32_ps(scaled), acc);
+  for (int r = 0; r < kRows; ++r) {
+    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x[r]->d)), _mm512_cvtepi32_ps(scaled[r]), acc[r]);
+  }
 }
 
-template <int kRows>
-void GemmQ6_KX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, float* out) {
+// Up to four activation rows of packed Q4_K or Q6_K, one group, a
+// super-block at a time.
+template <bool kQ6, int kRows>
+void GemmKQuantX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, float* out) {
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t s = 0; s < nb; ++s) {
-    for (int r = 0; r < kRows; ++r) {
-      const BlockQ8_K& x = reinterpret_cast<const BlockQ8_K*>(xq + r * xq_stride)[s];
-      acc[r] = AddQ6_KSuperBlock<kPrefetchBytes>(group + PackedQ6_KBlockOffset(nb, s), group + PackedQ6_KDOffset(s), x,
-                                                 acc[r]);
+    const BlockQ8_K* x[kRows];
+    for (int r = 0; r < kRows; ++r) x[r] = reinterpret_cast<const BlockQ8_K*>(xq + r * xq_stride) + s;
+    if constexpr (kQ6) {
+      AddQ6_KSuperBlock<kRows, kPrefetchBytes>(group + PackedQ6_KBlockOffset(nb, s), group + PackedQ6_KDOffset(s), x, acc);
+    } else {
+      AddQ4_KSuperBlock<kRows, kPrefetchBytes>(group + s * kPackedQ4_KBytes, x, acc);
     }
   }
   for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
 }
-
 
 // Packed BF16 (packed.h): line p of a group holds column pair p of its 16
 // rows, so VDPBF16PS with the activation pair broadcast adds both products
@@ -867,8 +869,10 @@ const KernelSet* Avx512Kernels() {
                    GemvGroups<QuantGroups<true>>};
     s.gemm_f16_x16 = GemmX16InTilesOf4<GemmF16X16Rows<1>, GemmF16X16Rows<2>, GemmF16X16Rows<3>, GemmF16X16Rows<4>>;
     s.gemv_f16_groups = GemvGroups<HalfGroups<false>>;
-    s.gemm_q4_K_x16 = GemmX16InTilesOf4<GemmQ4_KX16Rows<1>, GemmQ4_KX16Rows<2>, GemmQ4_KX16Rows<3>, GemmQ4_KX16Rows<4>>;
-    s.gemm_q6_K_x16 = GemmX16InTilesOf4<GemmQ6_KX16Rows<1>, GemmQ6_KX16Rows<2>, GemmQ6_KX16Rows<3>, GemmQ6_KX16Rows<4>>;
+    s.gemm_q4_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<false, 1>, GemmKQuantX16Rows<false, 2>,
+                                        GemmKQuantX16Rows<false, 3>, GemmKQuantX16Rows<false, 4>>;
+    s.gemm_q6_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<true, 1>, GemmKQuantX16Rows<true, 2>,
+                                        GemmKQuantX16Rows<true, 3>, GemmKQuantX16Rows<true, 4>>;
 
     if (GetCpuFeatures().avx512bf16) {  // else BF16 weights stay in the file layout
       s.gemm_bf16_x16 =
