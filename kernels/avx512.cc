@@ -311,7 +311,7 @@ void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, c
   for (int i = 0; i < kGroups; ++i) _mm512_storeu_ps(outs[i], acc[i]);
 }
 
-// Packed Q4_K (packed.h) against Q8_K activations. Per super-block and
+// Packed Q4_K / Q5_K (packed.h) against Q8_K activations. Per super-block and
 // group, the 16 rows' 6-bit scales and mins are unpacked to bytes at once;
 // per sub-block j, dpbusd of the unsigned nibbles against the codes gives 16
 // integer dots, multiplied by the rows' scale_j into one integer sum, and the
@@ -329,7 +329,7 @@ struct Q4_KScales {
 // picked with extracts instead, they made the kernel slower: 75-79 against
 // 90 GB/s from L2.)
 inline void UnpackQ4_KScales(const uint8_t* sb, Q4_KScales* out) {
-  const uint8_t* lines = sb + PackedQ4_KScalesOffset(0);
+  const uint8_t* lines = sb + kPackedK4ScalesOffset;
   const __m512i a = _mm512_load_si512(lines), b = _mm512_load_si512(lines + 64), c = _mm512_load_si512(lines + 128);
   const __m512i low6 = _mm512_set1_epi8(63), low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
   _mm512_store_si512(out->scales, _mm512_and_si512(a, low6));
@@ -391,17 +391,32 @@ inline __m512i MinTerms(const uint8_t* mins, const BlockQ8_K& x) {
 // Super-block sb of one group against the activation blocks x[r] of
 // kRows rows, into acc[r]: each pair of sub-blocks is unpacked once for all
 // rows (the prompt path's weights sit in L1 meanwhile).
-template <int kRows, int kAhead>
-inline void AddQ4_KSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
+// Q5_K: sets bit 4 of the 16 vectors of UnpackQ4_KPair from the pair's two
+// lines of fifth bits (packed.h).
+inline void AddFifthBits(const uint8_t* lines, __m512i w[16]) {
+  const __m512i sixteen = _mm512_set1_epi8(16);
+  for (int k = 0; k < 8; ++k) {
+    const __m512i bits = _mm512_load_si512(lines + 64 * (k / 4));
+    const char low = static_cast<char>(1 << (2 * (k % 4))), high = static_cast<char>(2 << (2 * (k % 4)));
+    w[k] = _mm512_mask_add_epi8(w[k], _mm512_test_epi8_mask(bits, _mm512_set1_epi8(low)), w[k], sixteen);
+    w[8 + k] = _mm512_mask_add_epi8(w[8 + k], _mm512_test_epi8_mask(bits, _mm512_set1_epi8(high)), w[8 + k], sixteen);
+  }
+}
+
+template <bool kQ5, int kRows, int kAhead>
+inline void AddK4SuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
+  constexpr int kPairLines = kQ5 ? 11 : 9;  // a quarter of the super-block's lines
   Q4_KScales s;
   UnpackQ4_KScales(sb, &s);
   __m512i scaled[kRows];
   for (int r = 0; r < kRows; ++r) scaled[r] = _mm512_setzero_si512();
   for (int t = 0; t < 4; ++t) {
-    // The 9 lines from 576 t on, kAhead bytes further.
-    for (int k = 0; k < 9; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 576 * t + 64 * k), _MM_HINT_T0);
+    for (int k = 0; k < kPairLines; ++k) {
+      _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 64 * (kPairLines * t + k)), _MM_HINT_T0);
+    }
     __m512i w[16];
-    UnpackQ4_KPair(sb + PackedQ4_KQuantsOffset(0) + 512 * t, w);
+    UnpackQ4_KPair(sb + PackedK4PairOffset(kQ5, t), w);
+    if constexpr (kQ5) AddFifthBits(sb + PackedK4PairOffset(kQ5, t) + 512, w);
     for (int r = 0; r < kRows; ++r) {
       scaled[r] = _mm512_add_epi32(scaled[r], ScaledPairDot(w, x[r]->qs + 64 * t, s.scales + 32 * t));
     }
@@ -462,19 +477,19 @@ inline void AddQ6_KSuperBlock(const uint8_t* sb, const uint8_t* d16, const Block
   }
 }
 
-// Up to four activation rows of packed Q4_K or Q6_K, one group, a
+// Up to four activation rows of packed Q4_K, Q5_K or Q6_K, one group, a
 // super-block at a time.
-template <bool kQ6, int kRows>
+template <int kBits, int kRows>
 void GemmKQuantX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, float* out) {
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t s = 0; s < nb; ++s) {
     const BlockQ8_K* x[kRows];
     for (int r = 0; r < kRows; ++r) x[r] = reinterpret_cast<const BlockQ8_K*>(xq + r * xq_stride) + s;
-    if constexpr (kQ6) {
+    if constexpr (kBits == 6) {
       AddQ6_KSuperBlock<kRows, kPrefetchBytes>(group + PackedQ6_KBlockOffset(nb, s), group + PackedQ6_KDOffset(s), x, acc);
     } else {
-      AddQ4_KSuperBlock<kRows, kPrefetchBytes>(group + s * kPackedQ4_KBytes, x, acc);
+      AddK4SuperBlock<kBits == 5, kRows, kPrefetchBytes>(group + s * PackedK4Bytes(kBits == 5), x, acc);
     }
   }
   for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(out + r * 16, acc[r]);
@@ -869,10 +884,12 @@ const KernelSet* Avx512Kernels() {
                    GemvGroups<QuantGroups<true>>};
     s.gemm_f16_x16 = GemmX16InTilesOf4<GemmF16X16Rows<1>, GemmF16X16Rows<2>, GemmF16X16Rows<3>, GemmF16X16Rows<4>>;
     s.gemv_f16_groups = GemvGroups<HalfGroups<false>>;
-    s.gemm_q4_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<false, 1>, GemmKQuantX16Rows<false, 2>,
-                                        GemmKQuantX16Rows<false, 3>, GemmKQuantX16Rows<false, 4>>;
-    s.gemm_q6_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<true, 1>, GemmKQuantX16Rows<true, 2>,
-                                        GemmKQuantX16Rows<true, 3>, GemmKQuantX16Rows<true, 4>>;
+    s.gemm_q4_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<4, 1>, GemmKQuantX16Rows<4, 2>, GemmKQuantX16Rows<4, 3>,
+                                        GemmKQuantX16Rows<4, 4>>;
+    s.gemm_q5_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<5, 1>, GemmKQuantX16Rows<5, 2>, GemmKQuantX16Rows<5, 3>,
+                                        GemmKQuantX16Rows<5, 4>>;
+    s.gemm_q6_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<6, 1>, GemmKQuantX16Rows<6, 2>, GemmKQuantX16Rows<6, 3>,
+                                        GemmKQuantX16Rows<6, 4>>;
 
     if (GetCpuFeatures().avx512bf16) {  // else BF16 weights stay in the file layout
       s.gemm_bf16_x16 =

@@ -101,13 +101,14 @@ struct KernelSet {
   GemvGroups gemv_bf16_groups = nullptr;
   GemmX16 gemm_f16_x16 = nullptr;
   GemvGroups gemv_f16_groups = nullptr;
-  // Packed Q4_K and Q6_K (layout in packed.h), with the GemmX16 signature:
+  // Packed Q4_K, Q5_K and Q6_K (layout in packed.h), with the GemmX16 signature:
   // nb super-blocks of 256 columns, xq Q8_K activation rows, terms unused,
   // any n_x up to packed_tile_rows. Decode streams one group after another:
   // as four interleaved streams (gemv_*_groups) a core streamed them slower,
   // Q4_K 29-38 against 45-49 GB/s and Q6_K 28 against 40-44 at 2 threads.
   // nullptr: the weights stay in the file layout.
   GemmX16 gemm_q4_K_x16 = nullptr;
+  GemmX16 gemm_q5_K_x16 = nullptr;
   GemmX16 gemm_q6_K_x16 = nullptr;
 };
 

@@ -210,11 +210,13 @@ PackedInput PackedInputFor(TensorType type, const Activations& x, const KernelSe
       return {ks.gemm_q4_0_x16, ks.gemv_q4_0_groups, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
               x.terms_row(0), x.terms_stride()};
     case TensorType::kQ4_K:
-      return {ks.gemm_q4_K_x16, nullptr, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
-              nullptr, 0};
-    case TensorType::kQ6_K:
-      return {ks.gemm_q6_K_x16, nullptr, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
-              nullptr, 0};
+    case TensorType::kQ5_K:
+    case TensorType::kQ6_K: {  // no gemv: decode streams one group after another (kernel_set.h)
+      const KernelSet::GemmX16 gemm = type == TensorType::kQ4_K   ? ks.gemm_q4_K_x16
+                                      : type == TensorType::kQ5_K ? ks.gemm_q5_K_x16
+                                                                  : ks.gemm_q6_K_x16;
+      return {gemm, nullptr, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(), nullptr, 0};
+    }
     case TensorType::kBF16:
       return {ks.gemm_bf16_x16, ks.gemv_bf16_groups, reinterpret_cast<const uint8_t*>(x.bf16_row(0)),
               static_cast<uint64_t>(x.f32_stride()) * sizeof(uint16_t), nullptr, 0};

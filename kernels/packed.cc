@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include <sys/mman.h>
 
@@ -19,6 +20,34 @@ int ChunkCount(TensorType type) { return type == TensorType::kQ8_0 ? 8 : 4; }
 
 bool IsHalf(TensorType type) { return type == TensorType::kBF16 || type == TensorType::kF16; }
 
+// Packs rows [16g, 16g + 16) of a Q4_K or Q5_K matrix into `dst`.
+template <class Block>
+void PackK4Group(const MatrixView& w, int64_t g, uint8_t* dst) {
+  constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_K>;
+  for (int i = 0; i < kPackRows; ++i) {
+    const Block* blocks = reinterpret_cast<const Block*>(w.row(g * kPackRows + i));
+    for (int64_t s = 0; s < w.cols / kQK_K; ++s) {
+      const Block& block = blocks[s];
+      uint8_t* sb = dst + s * PackedK4Bytes(kQ5);
+      std::memcpy(sb + 2 * i, &block.d, 2);
+      std::memcpy(sb + 32 + 2 * i, &block.dmin, 2);
+      for (int b = 0; b < 12; ++b) sb[kPackedK4ScalesOffset + 16 * b + i] = block.scales[b];
+      for (int t = 0; t < 4; ++t) {
+        uint8_t* lines = sb + PackedK4PairOffset(kQ5, t);
+        for (int c = 0; c < 32; ++c) lines[(c / 4) * 64 + 4 * i + c % 4] = block.qs[32 * t + c];
+        if constexpr (kQ5) {
+          for (int half = 0; half < 2; ++half) {  // element l of sub-block 2t + half
+            for (int l = 0; l < 32; ++l) {
+              const int k = l / 4, bit = (block.qh[l] >> (2 * t + half)) & 1;
+              lines[512 + (k / 4) * 64 + 4 * i + l % 4] |= static_cast<uint8_t>(bit << (2 * (k % 4) + half));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // Packs rows [16g, 16g + 16) of w into `dst`.
 void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
   if (IsHalf(w.type)) {
@@ -28,21 +57,8 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
     }
     return;
   }
-  if (w.type == TensorType::kQ4_K) {
-    for (int i = 0; i < kPackRows; ++i) {
-      const auto* blocks = reinterpret_cast<const BlockQ4_K*>(w.row(g * kPackRows + i));
-      for (int64_t s = 0; s < w.cols / kQK_K; ++s) {
-        const BlockQ4_K& block = blocks[s];
-        uint8_t* sb = dst + s * kPackedQ4_KBytes;
-        std::memcpy(sb + 2 * i, &block.d, 2);
-        std::memcpy(sb + 32 + 2 * i, &block.dmin, 2);
-        for (int b = 0; b < 12; ++b) sb[PackedQ4_KScalesOffset(0) + 16 * b + i] = block.scales[b];
-        uint8_t* quants = sb + PackedQ4_KQuantsOffset(0);
-        for (int c = 0; c < kQK_K / 2; ++c) quants[(c / 32) * 512 + (c % 32 / 4) * 64 + 4 * i + c % 4] = block.qs[c];
-      }
-    }
-    return;
-  }
+  if (w.type == TensorType::kQ4_K) return PackK4Group<BlockQ4_K>(w, g, dst);
+  if (w.type == TensorType::kQ5_K) return PackK4Group<BlockQ5_K>(w, g, dst);
   if (w.type == TensorType::kQ6_K) {
     const int64_t nb = w.cols / kQK_K;
     for (int i = 0; i < kPackRows; ++i) {
@@ -95,13 +111,16 @@ bool CanPack(TensorType type, const KernelSet& ks) {
     case TensorType::kBF16: return ks.gemm_bf16_x16 != nullptr;
     case TensorType::kF16: return ks.gemm_f16_x16 != nullptr;
     case TensorType::kQ4_K: return ks.gemm_q4_K_x16 != nullptr;
+    case TensorType::kQ5_K: return ks.gemm_q5_K_x16 != nullptr;
     case TensorType::kQ6_K: return ks.gemm_q6_K_x16 != nullptr;
     default: return false;
   }
 }
 
 uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
-  if (type == TensorType::kQ4_K) return static_cast<uint64_t>(cols / kQK_K) * kPackedQ4_KBytes;
+  if (type == TensorType::kQ4_K || type == TensorType::kQ5_K) {
+    return static_cast<uint64_t>(cols / kQK_K) * PackedK4Bytes(type == TensorType::kQ5_K);
+  }
   if (type == TensorType::kQ6_K) return PackedQ6_KBlockOffset(cols / kQK_K, cols / kQK_K);
   const uint64_t nb = static_cast<uint64_t>(cols / kQK);
   if (IsHalf(type)) return nb * 16 * 64;

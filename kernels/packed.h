@@ -21,15 +21,18 @@
 // multiplies and the B-tile layout of AMX's TDPBF16PS: a 32-column block is
 // 16 lines, one 1 KiB tile); no scales.
 //
-// Q4_K (cols a multiple of 256): per super-block of 256 columns, 2304 bytes
-// (the 16 rows' 144-byte blocks, rearranged):
+// Q4_K and Q5_K (cols a multiple of 256): per super-block of 256 columns,
+// 2304 (Q4_K) or 2816 (Q5_K) bytes, the 16 rows' blocks rearranged:
 //   one line: the 16 rows' d (fp16, row i at 2i), then their dmin;
 //   three lines: the 12 scale bytes, byte b of row i at 16 b + i, so each
 //           byte of all 16 rows is one 16-byte vector (scales and mins are
 //           unpacked for 16 rows at once);
-//   32 lines of quants, 8 per pair of sub-blocks t = 0..3: in line k of pair
-//           t, bytes 4i..4i+3 are row i's qs[32t + 4k .. 32t + 4k + 3] (low
-//           nibbles: elements 4k.. of sub-block 2t; high: of 2t + 1).
+//   per pair of sub-blocks t = 0..3, 8 lines of quants: in line k, bytes
+//           4i..4i+3 are row i's qs[32t + 4k .. 32t + 4k + 3] (low nibbles:
+//           elements 4k.. of sub-block 2t; high: of 2t + 1); for Q5_K then
+//           two lines of fifth bits: in line u, byte 4i + m holds those of
+//           row i's element 4k + m of sub-block 2t (bit 2 (k - 4u)) and of
+//           sub-block 2t + 1 (bit 2 (k - 4u) + 1), for k = 4u .. 4u + 3.
 //
 // Q6_K (cols a multiple of 256): first the 16 rows' d (fp16) of every
 // super-block, 32 bytes per super-block (row i at 2i), padded to whole lines;
@@ -64,11 +67,11 @@ constexpr uint64_t PackedQuantsOffset(int64_t b, int chunk_bytes) {
   return static_cast<uint64_t>(b / 2) * (64 + 2 * chunk_bytes) + 64 + (b % 2) * chunk_bytes;
 }
 
-// Offsets within a packed Q4_K group of super-block s's d / dmin line, its
-// scale lines and its quants (the first line of pair 0).
-constexpr uint64_t kPackedQ4_KBytes = 16 * 144;  // one super-block of 16 rows
-constexpr uint64_t PackedQ4_KScalesOffset(int64_t s) { return static_cast<uint64_t>(s) * kPackedQ4_KBytes + 64; }
-constexpr uint64_t PackedQ4_KQuantsOffset(int64_t s) { return static_cast<uint64_t>(s) * kPackedQ4_KBytes + 256; }
+// Within one packed Q4_K / Q5_K super-block: the scale lines and the lines
+// of pair t (its quants, then Q5_K's fifth bits); the super-block's bytes.
+constexpr uint64_t kPackedK4ScalesOffset = 64;
+constexpr uint64_t PackedK4PairOffset(bool q5, int t) { return 256 + static_cast<uint64_t>(t) * (q5 ? 640 : 512); }
+constexpr uint64_t PackedK4Bytes(bool q5) { return q5 ? 16 * 176 : 16 * 144; }
 
 // Offsets within a packed Q6_K group of nb super-blocks of super-block s's
 // d (16 fp16) and of its scale lines (then its sub-blocks' lines).

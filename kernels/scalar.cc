@@ -258,22 +258,36 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
   }
 }
 
-// Packed Q4_K: each block gathered back from the packed layout, then the
-// file layout's dot product, one super-block at a time (so the float sums
-// run in the same order as over a whole row).
-void GemmQ4_KX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
-                 uint64_t /*terms_stride*/, int n_x, float* out) {
+// Packed Q4_K / Q5_K: each block gathered back from the packed layout, then
+// the file layout's dot product, one super-block at a time (so the float
+// sums run in the same order as over a whole row).
+template <class Block>
+void GemmK4X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+               uint64_t /*terms_stride*/, int n_x, float* out) {
+  constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_K>;
   for (int i = 0; i < 16; ++i) {
     float sums[kMaxPackedTileRows] = {};
     for (int64_t s = 0; s < nb; ++s) {
-      const uint8_t* sb = group + s * kPackedQ4_KBytes;
-      BlockQ4_K block;
+      const uint8_t* sb = group + s * PackedK4Bytes(kQ5);
+      Block block{};
       std::memcpy(&block.d, sb + 2 * i, 2);
       std::memcpy(&block.dmin, sb + 32 + 2 * i, 2);
-      for (int b = 0; b < 12; ++b) block.scales[b] = sb[PackedQ4_KScalesOffset(0) + 16 * b + i];
-      const uint8_t* quants = sb + PackedQ4_KQuantsOffset(0);
-      for (int c = 0; c < kQK_K / 2; ++c) block.qs[c] = quants[(c / 32) * 512 + (c % 32 / 4) * 64 + 4 * i + c % 4];
-      for (int r = 0; r < n_x; ++r) sums[r] += DotQ4_KQ8_K(&block, xq + r * xq_stride + s * sizeof(BlockQ8_K), kQK_K);
+      for (int b = 0; b < 12; ++b) block.scales[b] = sb[kPackedK4ScalesOffset + 16 * b + i];
+      for (int t = 0; t < 4; ++t) {
+        const uint8_t* lines = sb + PackedK4PairOffset(kQ5, t);
+        for (int c = 0; c < 32; ++c) block.qs[32 * t + c] = lines[(c / 4) * 64 + 4 * i + c % 4];
+        if constexpr (kQ5) {
+          for (int half = 0; half < 2; ++half) {
+            for (int l = 0; l < 32; ++l) {
+              const int k = l / 4, bit = (lines[512 + (k / 4) * 64 + 4 * i + l % 4] >> (2 * (k % 4) + half)) & 1;
+              block.qh[l] |= static_cast<uint8_t>(bit << (2 * t + half));
+            }
+          }
+        }
+      }
+      for (int r = 0; r < n_x; ++r) {
+        sums[r] += DotK4Q8_K<Block>(&block, xq + r * xq_stride + s * sizeof(BlockQ8_K), kQK_K);
+      }
     }
     for (int r = 0; r < n_x; ++r) out[r * 16 + i] = sums[r];
   }
@@ -378,7 +392,8 @@ const KernelSet& ScalarKernels() {
                    GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32, SwiGluF32};
     s.gemm_bf16_x16 = GemmHalfX16<true>;
     s.gemm_f16_x16 = GemmHalfX16<false>;
-    s.gemm_q4_K_x16 = GemmQ4_KX16;
+    s.gemm_q4_K_x16 = GemmK4X16<BlockQ4_K>;
+    s.gemm_q5_K_x16 = GemmK4X16<BlockQ5_K>;
     s.gemm_q6_K_x16 = GemmQ6_KX16;
     return s;
   }();

@@ -1123,10 +1123,10 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5;
   for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
-                          TensorType::kQ6_K}) {
+                          TensorType::kQ5_K, TensorType::kQ6_K}) {
     if (!CanPack(type, *ks_)) continue;
     // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for the K-quants.
-    const int64_t kCols = type == TensorType::kQ4_K || type == TensorType::kQ6_K ? 3 * kQK_K : 7 * kQK;
+    const int64_t kCols = IsKQuant(type) ? 3 * kQK_K : 7 * kQK;
     const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
@@ -1289,7 +1289,7 @@ TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   constexpr int64_t kRows = 2 * kPackRows, kCols = 2 * kQK_K;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols), x = RandomFloats(rng_, kCols);
   for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
-                          TensorType::kQ6_K}) {
+                          TensorType::kQ5_K, TensorType::kQ6_K}) {
     const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     if (!CanPack(type, ScalarKernels())) GTEST_SKIP() << "scalar packed kernels expected";
@@ -1314,7 +1314,7 @@ TEST(PackedWeightsTest, SmallMatricesAndAFullArenaStayUnpacked) {
   EXPECT_EQ(v.packed_rows, 16);
   EXPECT_EQ(arena.Pack({TensorType::kQ8_0, bytes.data(), 16, kQK, sizeof(BlockQ8_0)}).packed, nullptr) << "full";
   EXPECT_FALSE(CanPack(TensorType::kF32, ScalarKernels()));
-  EXPECT_FALSE(CanPack(TensorType::kQ5_K, ScalarKernels()));
+  EXPECT_FALSE(CanPack(TensorType::kQ4_1, ScalarKernels()));
   // BF16 and F16 pack whole 32-column blocks only.
   const std::vector<uint8_t> half(16 * 48 * 2, 0);
   for (TensorType type : {TensorType::kBF16, TensorType::kF16}) {
@@ -1416,6 +1416,44 @@ TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
       for (int c = 0; c < kQK_K / 2; ++c) {
         const int t = c / 32, line = c % 32 / 4;
         ASSERT_EQ(sb[256 + 512 * t + 64 * line + 4 * i + c % 4], (7 * i + 3 * c + s) % 256) << s << " " << i << " " << c;
+      }
+    }
+  }
+}
+
+TEST(PackedWeightsTest, Q5_KLayoutAddsTwoLinesOfFifthBitsPerPair) {
+  // Row i: qs as Q4_K's test, fifth bit of element l of sub-block j = (l + j
+  // + i) % 3 == 0; checked against packed.h. One super-block.
+  std::vector<BlockQ5_K> rows(kPackRows);
+  auto fifth = [](int i, int j, int l) { return (l + j + i) % 3 == 0 ? 1 : 0; };
+  for (int i = 0; i < kPackRows; ++i) {
+    BlockQ5_K& b = rows[i];
+    b = BlockQ5_K{};
+    b.d = Fp32ToFp16(static_cast<float>(i + 1));
+    for (int c = 0; c < kQK_K / 2; ++c) b.qs[c] = static_cast<uint8_t>((7 * i + 3 * c) % 256);
+    for (int j = 0; j < 8; ++j) {
+      for (int l = 0; l < 32; ++l) b.qh[l] |= static_cast<uint8_t>(fifth(i, j, l) << j);
+    }
+  }
+  PackedArena arena(PackedBytes(TensorType::kQ5_K, kPackRows, kQK_K));
+  const uint8_t* g =
+      arena.Pack({TensorType::kQ5_K, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows, kQK_K, sizeof(BlockQ5_K)})
+          .packed;
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(PackedGroupBytes(TensorType::kQ5_K, kQK_K), kPackRows * sizeof(BlockQ5_K));
+  for (int i = 0; i < kPackRows; ++i) {
+    uint16_t d;
+    std::memcpy(&d, g + 2 * i, 2);
+    EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+    for (int t = 0; t < 4; ++t) {
+      const uint8_t* pair = g + 256 + 640 * t;
+      for (int c = 0; c < 32; ++c) ASSERT_EQ(pair[(c / 4) * 64 + 4 * i + c % 4], (7 * i + 3 * (32 * t + c)) % 256);
+      for (int half = 0; half < 2; ++half) {
+        for (int l = 0; l < 32; ++l) {
+          const int k = l / 4;
+          const int bit = (pair[512 + (k / 4) * 64 + 4 * i + l % 4] >> (2 * (k % 4) + half)) & 1;
+          ASSERT_EQ(bit, fifth(i, 2 * t + half, l)) << i << " " << t << " " << half << " " << l;
+        }
       }
     }
   }
