@@ -73,6 +73,11 @@ TEST(Cli, InspectCpuNamesTheKernels) {
   const Result r = RunCli("inspect --cpu");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_THAT(r.out, HasSubstr("kernels: "));
+  EXPECT_THAT(r.out, HasSubstr("repacked at load: "));
+  // The AVX-512 back-ends (and AMX, built on them) pack every quantized weight type micromoe reads.
+  if (r.out.find("kernels: avx512") != std::string::npos || r.out.find("kernels: amx") != std::string::npos) {
+    EXPECT_THAT(r.out, HasSubstr("repacked at load: Q8_0 Q4_0 Q4_K Q5_K Q6_K"));
+  }
 }
 
 TEST(Cli, TokenizeIdsPrintsOneJsonArray) {
@@ -323,7 +328,7 @@ TEST(Cli, ChatAnswersEachLineOfStdin) {
 
 // A malformed file must fail both `inspect` and `generate` with a message that names the problem.
 void ExpectRejected(const std::string& path, const std::string& message_part) {
-  for (const std::string cmd : {"inspect " + path, "generate -m " + path + " -p hi -n 2"}) {
+  for (const std::string& cmd : {"inspect " + path, "generate -m " + path + " -p hi -n 2"}) {
     const Result r = RunCli(cmd);
     EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.err;
     EXPECT_THAT(r.err, HasSubstr("error:")) << cmd;
