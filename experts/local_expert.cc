@@ -28,8 +28,8 @@ struct PreparedProduct {
 // packed group, see kernels/packed.h) numbered across the products.
 // - Up to kMemoryBoundRows activation rows, the kernels stream each weight
 //   once for all rows, so the loop is bound by memory: one task per worker.
-//   Each task streams its rows as four long runs (KernelSet::gemv_*_groups),
-//   and a run's start costs a ramp of its prefetches: a batch-1 decode step
+//   Each task streams its rows as four long runs (KernelSet::gemv_*_groups;
+//   the K-quants as one), and a run's start costs a ramp of its prefetches: a batch-1 decode step
 //   ran 10% faster (median of 8 runs, 2 threads) than with tasks of up to 16
 //   units. Two tasks per worker, which leave room to balance a core slowed
 //   by another process, measured slower for Q4_0 (tg128 at 2 threads,

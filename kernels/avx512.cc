@@ -388,9 +388,6 @@ inline __m512i MinTerms(const uint8_t* mins, const BlockQ8_K& x) {
   return m;
 }
 
-// Super-block sb of one group against the activation blocks x[r] of
-// kRows rows, into acc[r]: each pair of sub-blocks is unpacked once for all
-// rows (the prompt path's weights sit in L1 meanwhile).
 // Q5_K: sets bit 4 of the 16 vectors of UnpackQ4_KPair from the pair's two
 // lines of fifth bits (packed.h).
 inline void AddFifthBits(const uint8_t* lines, __m512i w[16]) {
@@ -403,6 +400,9 @@ inline void AddFifthBits(const uint8_t* lines, __m512i w[16]) {
   }
 }
 
+// Super-block sb of one group against the activation blocks x[r] of
+// kRows rows, into acc[r]: each pair of sub-blocks is unpacked once for all
+// rows (the prompt path's weights sit in L1 meanwhile).
 template <bool kQ5, int kRows, int kAhead>
 inline void AddK4SuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
   constexpr int kPairLines = kQ5 ? 11 : 9;  // a quarter of the super-block's lines

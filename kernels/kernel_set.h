@@ -7,7 +7,7 @@
 namespace micromoe::kernels {
 
 constexpr int kMaxPackedTileRows = 16;
-constexpr int kGemvStreams = 4;
+constexpr int kGemvStreams = 4;  // memory streams KernelSet::gemv_*_groups keeps in flight
 
 struct KernelSet {
   const char* name;

@@ -153,7 +153,8 @@ MatrixView PackedArena::Pack(const MatrixView& w) {
   if (groups == 0 || !whole_blocks || base_ == nullptr || size > capacity_ - used_) return w;
   uint8_t* base = base_ + used_;
   used_ += size;  // group_bytes is a multiple of 64, so the next piece stays aligned
-  // Fresh anonymous pages are zero, so the padding after each group is defined.
+  // Fresh anonymous pages are zero, so the padding after each group is
+  // defined, and the Q5_K and Q6_K packers can OR their bits into place.
   tbb::parallel_for(int64_t{0}, groups, [&](int64_t g) { PackGroup(w, g, base + static_cast<uint64_t>(g) * group_bytes); });
   MatrixView v = w;
   v.packed = base;

@@ -66,8 +66,9 @@ struct LayerWeights {
 
 struct LoadOptions {
   bool load_tokenizer = true;
-  // Repack Q8_0 / Q4_0 matrices for the integer kernels (kernels/packed.h) and
-  // release the mapped pages they replace. Off: compute from the mapping.
+  // Repack the matrices whose types the active kernels compute with packed
+  // (Q8_0, Q4_0, the K-quants, F16, BF16; kernels/packed.h) and release the
+  // mapped pages they replace. Off: compute from the mapping.
   bool pack_weights = true;
   // With pack_weights: which routed experts to pack, as [layer][expert]
   // (called once, with the file's hyper-parameters; every expert when empty),
