@@ -317,7 +317,7 @@ void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, c
 // integer dots, multiplied by the rows' scale_j into one integer sum, and the
 // mins multiply the activation's sum of codes over sub-block j. One float
 // step per super-block: acc += d_x * (d[i] * scaled[i] - dmin[i] * mins[i]).
-struct Q4_KScales {
+struct K4Scales {
   alignas(64) uint8_t scales[128];  // sub-block j's scale of row i at 16 j + i
   alignas(64) uint8_t mins[128];
 };
@@ -328,7 +328,7 @@ struct Q4_KScales {
 // bytes 0-3 (scales) or 4-7 (mins) moved to bits 4-5. (Kept in registers and
 // picked with extracts instead, they made the kernel slower: 75-79 against
 // 90 GB/s from L2.)
-inline void UnpackQ4_KScales(const uint8_t* sb, Q4_KScales* out) {
+inline void UnpackK4Scales(const uint8_t* sb, K4Scales* out) {
   const uint8_t* lines = sb + kPackedK4ScalesOffset;
   const __m512i a = _mm512_load_si512(lines), b = _mm512_load_si512(lines + 64), c = _mm512_load_si512(lines + 128);
   const __m512i low6 = _mm512_set1_epi8(63), low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
@@ -347,7 +347,7 @@ inline __m512i WidenRowBytes(const uint8_t* p) {
 
 // The 8 lines of sub-block pair t as 16 vectors of nibbles: w[k] holds
 // elements 4k..4k+3 of sub-block 2t of each row, w[8 + k] those of 2t + 1.
-inline void UnpackQ4_KPair(const uint8_t* lines, __m512i w[16]) {
+inline void UnpackK4Pair(const uint8_t* lines, __m512i w[16]) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (int k = 0; k < 8; ++k) {
     const __m512i v = _mm512_load_si512(lines + 64 * k);
@@ -363,7 +363,7 @@ inline __m512i BroadcastCode4(const int8_t* p) {
 }
 
 // Lane i: sum over sub-blocks 2t and 2t + 1 of row i's scale times its dot
-// with the 64 codes x (w from UnpackQ4_KPair).
+// with the 64 codes x (w from UnpackK4Pair).
 inline __m512i ScaledPairDot(const __m512i w[16], const int8_t* x, const uint8_t* scales) {
   __m512i low0 = _mm512_setzero_si512(), low1 = low0, high0 = low0, high1 = low0;
   for (int k = 0; k < 8; k += 2) {
@@ -388,7 +388,7 @@ inline __m512i MinTerms(const uint8_t* mins, const BlockQ8_K& x) {
   return m;
 }
 
-// Q5_K: sets bit 4 of the 16 vectors of UnpackQ4_KPair from the pair's two
+// Q5_K: sets bit 4 of the 16 vectors of UnpackK4Pair from the pair's two
 // lines of fifth bits (packed.h).
 inline void AddFifthBits(const uint8_t* lines, __m512i w[16]) {
   const __m512i sixteen = _mm512_set1_epi8(16);
@@ -406,8 +406,8 @@ inline void AddFifthBits(const uint8_t* lines, __m512i w[16]) {
 template <bool kQ5, int kRows, int kAhead>
 inline void AddK4SuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
   constexpr int kPairLines = kQ5 ? 11 : 9;  // a quarter of the super-block's lines
-  Q4_KScales s;
-  UnpackQ4_KScales(sb, &s);
+  K4Scales s;
+  UnpackK4Scales(sb, &s);
   __m512i scaled[kRows];
   for (int r = 0; r < kRows; ++r) scaled[r] = _mm512_setzero_si512();
   for (int t = 0; t < 4; ++t) {
@@ -415,7 +415,7 @@ inline void AddK4SuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], 
       _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 64 * (kPairLines * t + k)), _MM_HINT_T0);
     }
     __m512i w[16];
-    UnpackQ4_KPair(sb + PackedK4PairOffset(kQ5, t), w);
+    UnpackK4Pair(sb + PackedK4PairOffset(kQ5, t), w);
     if constexpr (kQ5) AddFifthBits(sb + PackedK4PairOffset(kQ5, t) + 512, w);
     for (int r = 0; r < kRows; ++r) {
       scaled[r] = _mm512_add_epi32(scaled[r], ScaledPairDot(w, x[r]->qs + 64 * t, s.scales + 32 * t));
