@@ -20,6 +20,32 @@ int ChunkCount(TensorType type) { return type == TensorType::kQ8_0 ? 8 : 4; }
 
 bool IsHalf(TensorType type) { return type == TensorType::kBF16 || type == TensorType::kF16; }
 
+// Where packed.h puts the pieces of row i of a K-quant super-block: a byte
+// offset within the super-block's bytes (for Q6_K, from the end of the d's)
+// and the bit the piece starts at.
+struct Place {
+  uint64_t byte;
+  int shift;
+};
+
+// Q4_K / Q5_K: quant byte qs[c]; the fifth bit of element l of sub-block j.
+Place K4QuantByte(bool q5, int i, int c) {
+  return {PackedK4PairOffset(q5, c / 32) + 64 * (c % 32 / 4) + 4 * i + c % 4, 0};
+}
+Place K4FifthBit(int i, int j, int l) {
+  const int k = l / 4;
+  return {PackedK4PairOffset(true, j / 2) + 512 + 64 * (k / 4) + 4 * i + l % 4, 2 * (k % 4) + j % 2};
+}
+
+// Q6_K: the low 4 bits and the top 2 bits of element e.
+Place Q6_KLowBits(int i, int e) {
+  const int quad = e % 16 / 4;
+  return {256 + 192 * static_cast<uint64_t>(e / 16) + 64 * (quad / 2) + 4 * i + e % 4, 4 * (quad % 2)};
+}
+Place Q6_KTopBits(int i, int e) {
+  return {256 + 192 * static_cast<uint64_t>(e / 16) + 128 + 4 * i + e % 4, 2 * (e % 16 / 4)};
+}
+
 // Packs rows [16g, 16g + 16) of a Q4_K or Q5_K matrix into `dst`.
 template <class Block>
 void PackK4Group(const MatrixView& w, int64_t g, uint8_t* dst) {
@@ -32,17 +58,34 @@ void PackK4Group(const MatrixView& w, int64_t g, uint8_t* dst) {
       std::memcpy(sb + 2 * i, &block.d, 2);
       std::memcpy(sb + 32 + 2 * i, &block.dmin, 2);
       for (int b = 0; b < 12; ++b) sb[kPackedK4ScalesOffset + 16 * b + i] = block.scales[b];
-      for (int t = 0; t < 4; ++t) {
-        uint8_t* lines = sb + PackedK4PairOffset(kQ5, t);
-        for (int c = 0; c < 32; ++c) lines[(c / 4) * 64 + 4 * i + c % 4] = block.qs[32 * t + c];
-        if constexpr (kQ5) {
-          for (int half = 0; half < 2; ++half) {  // element l of sub-block 2t + half
-            for (int l = 0; l < 32; ++l) {
-              const int k = l / 4, bit = (block.qh[l] >> (2 * t + half)) & 1;
-              lines[512 + (k / 4) * 64 + 4 * i + l % 4] |= static_cast<uint8_t>(bit << (2 * (k % 4) + half));
-            }
+      for (int c = 0; c < kQK_K / 2; ++c) sb[K4QuantByte(kQ5, i, c).byte] = block.qs[c];
+      if constexpr (kQ5) {
+        for (int j = 0; j < 8; ++j) {
+          for (int l = 0; l < 32; ++l) {
+            const Place p = K4FifthBit(i, j, l);
+            sb[p.byte] |= static_cast<uint8_t>(((block.qh[l] >> j) & 1) << p.shift);
           }
         }
+      }
+    }
+  }
+}
+
+// Packs rows [16g, 16g + 16) of a Q6_K matrix into `dst`.
+void PackQ6_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
+  const int64_t nb = w.cols / kQK_K;
+  for (int i = 0; i < kPackRows; ++i) {
+    const auto* blocks = reinterpret_cast<const BlockQ6_K*>(w.row(g * kPackRows + i));
+    for (int64_t s = 0; s < nb; ++s) {
+      const BlockQ6_K& block = blocks[s];
+      std::memcpy(dst + PackedQ6_KDOffset(s) + 2 * i, &block.d, 2);
+      uint8_t* sb = dst + PackedQ6_KBlockOffset(nb, s);
+      for (int j = 0; j < 16; ++j) sb[16 * j + i] = static_cast<uint8_t>(block.scales[j]);
+      for (int e = 0; e < kQK_K; ++e) {
+        const int q = Q6_KValue(block, e);
+        const Place low = Q6_KLowBits(i, e), top = Q6_KTopBits(i, e);
+        sb[low.byte] |= static_cast<uint8_t>((q & 0x0F) << low.shift);
+        sb[top.byte] |= static_cast<uint8_t>((q >> 4) << top.shift);
       }
     }
   }
@@ -59,27 +102,7 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
   }
   if (w.type == TensorType::kQ4_K) return PackK4Group<BlockQ4_K>(w, g, dst);
   if (w.type == TensorType::kQ5_K) return PackK4Group<BlockQ5_K>(w, g, dst);
-  if (w.type == TensorType::kQ6_K) {
-    const int64_t nb = w.cols / kQK_K;
-    for (int i = 0; i < kPackRows; ++i) {
-      const auto* blocks = reinterpret_cast<const BlockQ6_K*>(w.row(g * kPackRows + i));
-      for (int64_t s = 0; s < nb; ++s) {
-        const BlockQ6_K& block = blocks[s];
-        std::memcpy(dst + PackedQ6_KDOffset(s) + 2 * i, &block.d, 2);
-        uint8_t* sb = dst + PackedQ6_KBlockOffset(nb, s);
-        for (int j = 0; j < 16; ++j) {
-          sb[16 * j + i] = static_cast<uint8_t>(block.scales[j]);
-          uint8_t* lines = sb + 256 + 192 * j;
-          for (int e = 0; e < 16; ++e) {  // element 16j + e: quad e / 4, position m = e % 4
-            const int q = Q6_KValue(block, 16 * j + e), quad = e / 4, m = e % 4;
-            lines[(quad / 2) * 64 + 4 * i + m] |= static_cast<uint8_t>((q & 0x0F) << (4 * (quad % 2)));
-            lines[128 + 4 * i + m] |= static_cast<uint8_t>((q >> 4) << (2 * quad));
-          }
-        }
-      }
-    }
-    return;
-  }
+  if (w.type == TensorType::kQ6_K) return PackQ6_KGroup(w, g, dst);
   const int64_t nb = w.cols / kQK;
   const int chunk_bytes = ChunkCount(w.type) * 64;
   for (int i = 0; i < kPackRows; ++i) {
@@ -103,6 +126,40 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
 }
 
 }  // namespace
+
+void UnpackKQuantBlock(TensorType type, const uint8_t* group, int64_t nb, int64_t s, int i, void* block) {
+  if (type == TensorType::kQ6_K) {
+    BlockQ6_K& b = *static_cast<BlockQ6_K*>(block);
+    b = BlockQ6_K{};
+    std::memcpy(&b.d, group + PackedQ6_KDOffset(s) + 2 * i, 2);
+    const uint8_t* sb = group + PackedQ6_KBlockOffset(nb, s);
+    for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<int8_t>(sb[16 * j + i]);
+    for (int e = 0; e < kQK_K; ++e) {
+      const Place low = Q6_KLowBits(i, e), top = Q6_KTopBits(i, e);
+      SetQ6_KValue(b, e, ((sb[low.byte] >> low.shift) & 0x0F) | (((sb[top.byte] >> top.shift) & 3) << 4));
+    }
+    return;
+  }
+  // Q4_K and Q5_K blocks share d, dmin and scales; their qs lie at different offsets.
+  const bool q5 = type == TensorType::kQ5_K;
+  const uint8_t* sb = group + s * PackedK4Bytes(q5);
+  auto unpack = [&](auto& b) {
+    std::memcpy(&b.d, sb + 2 * i, 2);
+    std::memcpy(&b.dmin, sb + 32 + 2 * i, 2);
+    for (int k = 0; k < 12; ++k) b.scales[k] = sb[kPackedK4ScalesOffset + 16 * k + i];
+    for (int c = 0; c < kQK_K / 2; ++c) b.qs[c] = sb[K4QuantByte(q5, i, c).byte];
+  };
+  if (!q5) return unpack(*static_cast<BlockQ4_K*>(block));
+  BlockQ5_K& b = *static_cast<BlockQ5_K*>(block);
+  b = BlockQ5_K{};
+  unpack(b);
+  for (int j = 0; j < 8; ++j) {
+    for (int l = 0; l < 32; ++l) {
+      const Place p = K4FifthBit(i, j, l);
+      b.qh[l] |= static_cast<uint8_t>(((sb[p.byte] >> p.shift) & 1) << j);
+    }
+  }
+}
 
 bool CanPack(TensorType type, const KernelSet& ks) {
   switch (type) {

@@ -81,6 +81,11 @@ constexpr uint64_t PackedQ6_KBlockOffset(int64_t nb, int64_t s) {
   return (static_cast<uint64_t>(nb) * 32 + 63) / 64 * 64 + static_cast<uint64_t>(s) * kPackedQ6_KBytes;
 }
 
+// Row i's super-block s of a packed Q4_K / Q5_K / Q6_K group of nb
+// super-blocks, back in the file's block layout (a BlockQ4_K, BlockQ5_K or
+// BlockQ6_K at `block`): the inverse of packing, for the scalar kernels.
+void UnpackKQuantBlock(gguf::TensorType type, const uint8_t* group, int64_t nb, int64_t s, int i, void* block);
+
 // Whether weights of `type` have a packed form that `ks` computes with.
 bool CanPack(gguf::TensorType type, const KernelSet& ks = Active());
 

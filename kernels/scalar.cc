@@ -258,61 +258,18 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
   }
 }
 
-// Packed Q4_K / Q5_K: each block gathered back from the packed layout, then
-// the file layout's dot product, one super-block at a time (so the float
-// sums run in the same order as over a whole row).
-template <class Block>
-void GemmK4X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
-               uint64_t /*terms_stride*/, int n_x, float* out) {
-  constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_K>;
+// Packed K-quants: each block gathered back from the packed layout, then the
+// file layout's dot product, one super-block at a time (so the float sums
+// run in the same order as over a whole row).
+template <gguf::TensorType kType, class Block, float (*kDot)(const void*, const void*, int64_t)>
+void GemmKQuantX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+                   uint64_t /*terms_stride*/, int n_x, float* out) {
   for (int i = 0; i < 16; ++i) {
     float sums[kMaxPackedTileRows] = {};
     for (int64_t s = 0; s < nb; ++s) {
-      const uint8_t* sb = group + s * PackedK4Bytes(kQ5);
-      Block block{};
-      std::memcpy(&block.d, sb + 2 * i, 2);
-      std::memcpy(&block.dmin, sb + 32 + 2 * i, 2);
-      for (int b = 0; b < 12; ++b) block.scales[b] = sb[kPackedK4ScalesOffset + 16 * b + i];
-      for (int t = 0; t < 4; ++t) {
-        const uint8_t* lines = sb + PackedK4PairOffset(kQ5, t);
-        for (int c = 0; c < 32; ++c) block.qs[32 * t + c] = lines[(c / 4) * 64 + 4 * i + c % 4];
-        if constexpr (kQ5) {
-          for (int half = 0; half < 2; ++half) {
-            for (int l = 0; l < 32; ++l) {
-              const int k = l / 4, bit = (lines[512 + (k / 4) * 64 + 4 * i + l % 4] >> (2 * (k % 4) + half)) & 1;
-              block.qh[l] |= static_cast<uint8_t>(bit << (2 * t + half));
-            }
-          }
-        }
-      }
-      for (int r = 0; r < n_x; ++r) {
-        sums[r] += DotK4Q8_K<Block>(&block, xq + r * xq_stride + s * sizeof(BlockQ8_K), kQK_K);
-      }
-    }
-    for (int r = 0; r < n_x; ++r) out[r * 16 + i] = sums[r];
-  }
-}
-
-// Packed Q6_K, the same way.
-void GemmQ6_KX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
-                 uint64_t /*terms_stride*/, int n_x, float* out) {
-  for (int i = 0; i < 16; ++i) {
-    float sums[kMaxPackedTileRows] = {};
-    for (int64_t s = 0; s < nb; ++s) {
-      BlockQ6_K block{};
-      std::memcpy(&block.d, group + PackedQ6_KDOffset(s) + 2 * i, 2);
-      const uint8_t* sb = group + PackedQ6_KBlockOffset(nb, s);
-      for (int j = 0; j < 16; ++j) {
-        block.scales[j] = static_cast<int8_t>(sb[16 * j + i]);
-        const uint8_t* lines = sb + 256 + 192 * j;
-        for (int e = 0; e < 16; ++e) {
-          const int quad = e / 4, m = e % 4;
-          const int low = (lines[(quad / 2) * 64 + 4 * i + m] >> (4 * (quad % 2))) & 0x0F;
-          const int high = (lines[128 + 4 * i + m] >> (2 * quad)) & 3;
-          SetQ6_KValue(block, 16 * j + e, low | (high << 4));
-        }
-      }
-      for (int r = 0; r < n_x; ++r) sums[r] += DotQ6_KQ8_K(&block, xq + r * xq_stride + s * sizeof(BlockQ8_K), kQK_K);
+      Block block;
+      UnpackKQuantBlock(kType, group, nb, s, i, &block);
+      for (int r = 0; r < n_x; ++r) sums[r] += kDot(&block, xq + r * xq_stride + s * sizeof(BlockQ8_K), kQK_K);
     }
     for (int r = 0; r < n_x; ++r) out[r * 16 + i] = sums[r];
   }
@@ -392,9 +349,9 @@ const KernelSet& ScalarKernels() {
                    GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32, SwiGluF32};
     s.gemm_bf16_x16 = GemmHalfX16<true>;
     s.gemm_f16_x16 = GemmHalfX16<false>;
-    s.gemm_q4_K_x16 = GemmK4X16<BlockQ4_K>;
-    s.gemm_q5_K_x16 = GemmK4X16<BlockQ5_K>;
-    s.gemm_q6_K_x16 = GemmQ6_KX16;
+    s.gemm_q4_K_x16 = GemmKQuantX16<gguf::TensorType::kQ4_K, BlockQ4_K, DotQ4_KQ8_K>;
+    s.gemm_q5_K_x16 = GemmKQuantX16<gguf::TensorType::kQ5_K, BlockQ5_K, DotQ5_KQ8_K>;
+    s.gemm_q6_K_x16 = GemmKQuantX16<gguf::TensorType::kQ6_K, BlockQ6_K, DotQ6_KQ8_K>;
     return s;
   }();
   return set;
