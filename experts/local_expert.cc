@@ -10,6 +10,7 @@
 #include <tbb/task_arena.h>
 
 #include "base/scratch.h"
+#include "experts/worker_team.h"
 #include "kernels/packed.h"
 
 namespace micromoe::experts {
@@ -27,7 +28,8 @@ struct PreparedProduct {
 // The products as one parallel loop. Work is split in units of 16 rows (one
 // packed group, see kernels/packed.h) numbered across the products.
 // - Up to kMemoryBoundRows activation rows, the kernels stream each weight
-//   once for all rows, so the loop is bound by memory: one task per worker.
+//   once for all rows, so the loop is bound by memory: one task per worker,
+//   on the current WorkerTeam when there is one.
 //   Each task streams its rows as four long runs (KernelSet::gemv_*_groups;
 //   the K-quants as one), and a run's start costs a ramp of its prefetches: a batch-1 decode step
 //   ran 10% faster (median of 8 runs, 2 threads) than with tasks of up to 16
@@ -37,7 +39,6 @@ struct PreparedProduct {
 //   alternations) and the same for Q8_0.
 // - Above it, a task takes at least 64K multiply-adds and at least four
 //   units, and up to 16 units while that leaves four tasks per worker.
-constexpr int64_t kMemoryBoundRows = 4;
 
 void RunProducts(const PreparedProduct* products, size_t n_products) {
   constexpr int64_t kUnit = kernels::kPackRows;
@@ -50,7 +51,8 @@ void RunProducts(const PreparedProduct* products, size_t n_products) {
     memory_bound = memory_bound && products[i].x->n_rows() <= kMemoryBoundRows;
   }
   if (unit_work == 0) return;  // no weight rows or no activation rows
-  const int64_t workers = std::min<int64_t>(
+  WorkerTeam* team = memory_bound ? WorkerTeam::Current() : nullptr;
+  const int64_t workers = team ? team->size() : std::min<int64_t>(
       tbb::this_task_arena::max_concurrency(),
       static_cast<int64_t>(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
   const int64_t tasks = memory_bound ? workers : 4 * workers;
@@ -69,6 +71,11 @@ void RunProducts(const PreparedProduct* products, size_t n_products) {
   };
   if (grain >= units) {
     run_units(0, units);
+    return;
+  }
+  if (team) {
+    team->Run(static_cast<int>((units + grain - 1) / grain),
+              [&](int part) { run_units(part * grain, std::min(units, (part + 1) * grain)); });
     return;
   }
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, units, grain),

@@ -45,6 +45,10 @@ struct LocalExpertCall {
 // each.
 void ForwardLocalExperts(const std::vector<LocalExpertCall>& calls);
 
+// Up to this many activation rows a product streams its weights once for all
+// rows and is bound by memory (see RunProducts in local_expert.cc).
+constexpr int64_t kMemoryBoundRows = 4;
+
 // Multiplies `w` by n_x rows of x into y, splitting output rows across the
 // oneTBB workers when the work is big enough to pay for it.
 void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, int64_t n_x,

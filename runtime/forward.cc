@@ -1,6 +1,7 @@
 #include "runtime/forward.h"
 
 #include <cmath>
+#include <optional>
 
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
@@ -8,6 +9,7 @@
 #include "base/scratch.h"
 #include "base/str_cat.h"
 #include "experts/local_expert.h"
+#include "experts/worker_team.h"
 #include "runtime/expert_executor.h"
 
 namespace micromoe::runtime {
@@ -89,6 +91,10 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
     }
   }
   if (n == 0) return absl::OkStatus();
+  // Decode steps: the loops below are short and bound by memory; a team
+  // keeps the other cores waiting for them instead of asleep (worker_team.h).
+  std::optional<experts::WorkerTeam> team;
+  if (n <= experts::kMemoryBoundRows && !experts::WorkerTeam::Current()) team.emplace();
 
   Scratch<float> x(static_cast<size_t>(n) * d), xn(x.size()), ffn_out(x.size());
   Scratch<float> q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kvd), v(k.size());
@@ -137,11 +143,10 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
     // kParallelAttentionBytes of K/V the jobs run on this thread: a parallel
     // loop then costs more than it saves.
     const int jobs = n * hp.n_head_kv;
-    tbb::parallel_for(tbb::blocked_range<int>(0, jobs, kv_bytes < kParallelAttentionBytes ? jobs : 1),
-                      [&](const tbb::blocked_range<int>& range) {
+    auto attend = [&](int begin, int end) {
       const kernels::KernelSet& ks = kernels::Active();
       Scratch<float> scores;
-      for (int job = range.begin(); job < range.end(); ++job) {
+      for (int job = begin; job < end; ++job) {
         const int r = job / hp.n_head_kv, kvh = job % hp.n_head_kv;
         const int len = rows[r].pos + 1, seq = rows[r].seq;
         const float* qh = q.data() + static_cast<size_t>(r) * qd + kvh * group * hd;
@@ -152,7 +157,14 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
         ks.weighted_rows_f32(scores.data(), len, group, kv.v(il, seq, 0) + kvh * hd, kvd, len, hd,
                              attn.data() + static_cast<size_t>(r) * qd + kvh * group * hd, hd);
       }
-    });
+    };
+    if (team) {
+      const int parts = std::min(jobs, team->size());
+      team->Run(parts, [&](int p) { attend(jobs * p / parts, jobs * (p + 1) / parts); });
+    } else {
+      tbb::parallel_for(tbb::blocked_range<int>(0, jobs, kv_bytes < kParallelAttentionBytes ? jobs : 1),
+                        [&](const tbb::blocked_range<int>& range) { attend(range.begin(), range.end()); });
+    }
     experts::ParallelMatMul(L.wo, attn.data(), qd, n, ffn_out.data(), d);
     for (size_t i = 0; i < x.size(); ++i) x[i] += ffn_out[i] * hp.residual_scale;
 
