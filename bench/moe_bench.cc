@@ -11,6 +11,11 @@
 //                                     the fan-out/join alone with trivial work:
 //                                     tbb::task_group (what the executor uses) vs a
 //                                     prebuilt tbb::flow::graph vs one built per call
+//   loop/team|parallel_for/gap_us:G/threads:T
+//                                     one decode-style loop (a part of 10 us per thread)
+//                                     after G us of serial work on this thread:
+//                                     experts::WorkerTeam (what decode steps use) vs
+//                                     tbb::parallel_for (oneTBB wakes its worker)
 //   remote/...                        one layer round trip to `micromoe expert-node`
 //                                     on loopback (from this thread, a new std::async
 //                                     thread as the executor does, or a long-lived
@@ -31,20 +36,24 @@
 #include <iterator>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <benchmark/benchmark.h>
+#include <tbb/blocked_range.h>
 #include <tbb/flow_graph.h>
 #include <tbb/global_control.h>
+#include <tbb/parallel_for.h>
 #include <tbb/task_group.h>
 
 #include "bench/bench_common.h"
 #include "experts/expert.h"
 #include "experts/local_expert.h"
 #include "experts/placement.h"
+#include "experts/worker_team.h"
 #include "gguf/writer.h"
 #include "kernels/kernels.h"
 #include "kernels/quantize.h"
@@ -250,6 +259,35 @@ void BM_FanOutTaskGroup(benchmark::State& state) {
     tg.wait();
   }
   state.SetItemsProcessed(state.iterations() * rows);
+}
+
+// Spins for `us` microseconds: the serial work between two loops of a decode step.
+void SerialWork(double us) {
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() < us) {
+  }
+}
+
+// One loop of `threads` parts of 10 us each after gap_us of serial work, on
+// a WorkerTeam (team) or as a tbb::parallel_for: the time above gap_us + 10
+// is what the loop costs to start and finish.
+void BM_LoopDispatch(benchmark::State& state, bool team) {
+  const double gap_us = static_cast<double>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  tbb::global_control control(tbb::global_control::max_allowed_parallelism, threads);
+  auto part = [](int) { SerialWork(10); };
+  std::optional<experts::WorkerTeam> workers;
+  if (team) workers.emplace();
+  for (auto _ : state) {
+    SerialWork(gap_us);
+    if (team) {
+      workers->Run(threads, part);
+    } else {
+      tbb::parallel_for(tbb::blocked_range<int>(0, threads, 1), [&](const tbb::blocked_range<int>& r) {
+        for (int p = r.begin(); p < r.end(); ++p) part(p);
+      });
+    }
+  }
 }
 
 // One node per expert between a start broadcast and a join, built once; an
@@ -570,6 +608,13 @@ void RegisterAll(const Bandwidth& bw) {
       ->Apply(rows_threads)
       ->Unit(benchmark::kMicrosecond);
 
+  for (bool team : {true, false}) {
+    auto* b = benchmark::RegisterBenchmark(team ? "loop/team" : "loop/parallel_for", BM_LoopDispatch, team);
+    b->ArgNames({"gap_us", "threads"})->UseRealTime()->Unit(benchmark::kMicrosecond);
+    for (int gap : {0, 5, 50}) {
+      for (int t = 1; t <= MaxBenchThreads(); ++t) b->Args({gap, t});
+    }
+  }
   for (auto [where, name] : {std::pair{Where::kLocal, "local"}, std::pair{Where::kRemote, "remote"},
                               std::pair{Where::kRemoteAsync, "remote_async"},
                               std::pair{Where::kRemoteWorker, "remote_worker_thread"}}) {
