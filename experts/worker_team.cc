@@ -1,6 +1,8 @@
 #include "experts/worker_team.h"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 
@@ -43,7 +45,7 @@ WorkerTeam::WorkerTeam() : outer_(current_team), owner_(std::this_thread::get_id
 WorkerTeam::~WorkerTeam() {
   current_team = outer_;
   stop_.store(true, std::memory_order_release);
-  helpers_.wait();  // runs helpers that never started here; they see stop_ and return
+  helpers_.wait();  // helpers that never started run here and return at once (owner check)
 }
 
 WorkerTeam* WorkerTeam::Current() { return current_team; }
@@ -56,9 +58,18 @@ int WorkerTeam::Claim(uint64_t gen) {
   return -1;
 }
 
+void WorkerTeam::RunPart(int p) {
+  try {
+    call_(fn_, p);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    if (!error_) error_ = std::current_exception();
+  }
+}
+
 void WorkerTeam::RunParts(int n_parts, PartFn call, const void* fn) {
   if (n_parts <= 0) return;
-  if (n_helpers_ == 0 || n_parts == 1 || static_cast<uint64_t>(n_parts) > kPartMask) {
+  if (n_helpers_ == 0 || n_parts == 1 || in_run_ || static_cast<uint64_t>(n_parts) > kPartMask) {
     for (int p = 0; p < n_parts; ++p) call(fn, p);
     return;
   }
@@ -69,15 +80,24 @@ void WorkerTeam::RunParts(int n_parts, PartFn call, const void* fn) {
   call_ = call;
   fn_ = fn;
   done_.store(0, std::memory_order_relaxed);
-  const uint64_t gen = GenOf(ticket_.load(std::memory_order_relaxed)) + 1;
+  uint64_t gen = (GenOf(ticket_.load(std::memory_order_relaxed)) + 1) & 0xFFFFFFFFu;
+  if (gen == 0) gen = 1;  // a helper that starts has seen generation 0
+  in_run_ = true;
   ticket_.store(Ticket(gen, n_parts, 0), std::memory_order_release);
   int finished = 0;
   for (int p; (p = Claim(gen)) >= 0;) {
-    call(fn, p);
+    RunPart(p);
     ++finished;
   }
   done_.fetch_add(finished, std::memory_order_acq_rel);
   while (done_.load(std::memory_order_acquire) < n_parts) Pause();
+  in_run_ = false;
+  std::exception_ptr error;
+  {
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    error.swap(error_);
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 void WorkerTeam::StartHelper() {
@@ -91,7 +111,7 @@ void WorkerTeam::StartHelper() {
 void WorkerTeam::Help() {
   if (std::this_thread::get_id() == owner_) return;  // picked up by a wait of the team's own thread
   using Clock = std::chrono::steady_clock;
-  uint64_t seen = 0;  // the last generation looked at (claims check theirs, so 0 is safe)
+  uint64_t seen = 0;  // the last generation looked at; loops never have generation 0
   auto idle_since = Clock::now();
   for (int spins = 0; !stop_.load(std::memory_order_acquire);) {
     const uint64_t gen = GenOf(ticket_.load(std::memory_order_acquire));
@@ -103,7 +123,7 @@ void WorkerTeam::Help() {
     seen = gen;
     int finished = 0;
     for (int p; (p = Claim(gen)) >= 0;) {
-      call_(fn_, p);
+      RunPart(p);
       ++finished;
     }
     if (finished) done_.fetch_add(finished, std::memory_order_acq_rel);

@@ -15,14 +15,21 @@
 // takes every part left. The destructor stops the helpers and waits for them.
 //
 // A helper is a task, so a thread waiting in oneTBB (a task_group's wait, a
-// parallel_for) may pick it up. So that no one waits on a helper forever, a
-// helper returns at once on the team's own thread and after kIdleTimeout
-// without a loop anywhere; Run() starts new helpers for the ones that left.
+// parallel_for) may pick it up. So that such a wait ends, a helper returns at
+// once on the team's own thread and after kIdleTimeout without a loop; Run()
+// starts new helpers for the ones that left. A wait on another thread that
+// picked one up lasts until that team's step ends or goes idle. While a team
+// exists it holds the workers: other oneTBB work of the process (a task_group
+// in the same step, another thread's loops) runs on its own callers' threads.
+//
+// An exception thrown by a part is rethrown by Run() once every part has run.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <thread>
 
 #include <tbb/task_group.h>
@@ -42,7 +49,7 @@ class WorkerTeam {
 
   // Runs fn(part) for every part in [0, n_parts), on this thread and the
   // helpers; returns when all are done. Only the thread that made the team
-  // may call it.
+  // may call it; a call from inside one of its parts runs its parts there.
   template <class Fn>
   void Run(int n_parts, const Fn& fn) {
     RunParts(n_parts, [](const void* f, int part) { (*static_cast<const Fn*>(f))(part); }, &fn);
@@ -59,15 +66,21 @@ class WorkerTeam {
   void Help();
   // Claims a part of the loop of generation `gen` from `ticket`; -1 when none is left.
   int Claim(uint64_t gen);
+  // Runs part p of the current loop; an exception is kept for Run() to rethrow.
+  void RunPart(int p);
 
-  // Generation (high 32 bits), number of parts (next 16) and next unclaimed
-  // part (low 16) of the current loop, in one word so that a part is claimed
-  // only for the loop it was counted in.
-  std::atomic<uint64_t> ticket_{0};
-  std::atomic<int> done_{0};
+  // Generation (high 32 bits, never 0), number of parts (next 16) and next
+  // unclaimed part (low 16) of the current loop: a claim is one CAS. A loop
+  // ends when done_ counts all of its parts, so call_ and fn_, read after a
+  // claim, never change under a helper.
+  alignas(64) std::atomic<uint64_t> ticket_{0};
+  alignas(64) std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
   PartFn call_ = nullptr;
   const void* fn_ = nullptr;
+  bool in_run_ = false;  // the owner is inside RunParts
+  std::mutex error_mutex_;
+  std::exception_ptr error_;  // the first exception of the current loop
   int n_helpers_ = 0;
   std::atomic<int> running_helpers_{0};  // started and not yet returned
   WorkerTeam* outer_ = nullptr;

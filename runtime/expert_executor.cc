@@ -47,7 +47,8 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
     remote_calls.emplace_back(group->StartBatch(layer, std::move(calls)), &ids);
   }
   // Local experts on this node's weights run together (ForwardLocalExperts);
-  // other local implementations run one task each beside them.
+  // other local implementations run one task each beside them (on this
+  // thread, in tg.wait(), while a decode step's WorkerTeam holds the workers).
   std::vector<experts::LocalExpertCall> together;
   tbb::task_group tg;
   for (int e : local) {

@@ -139,9 +139,10 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
     }
     // Causal attention: each row sees its sequence's positions 0..pos. One job
     // per (row, KV head) takes the `group` query heads that share it, so each
-    // cached K and V row is read once for all of them. Below
-    // kParallelAttentionBytes of K/V the jobs run on this thread: a parallel
-    // loop then costs more than it saves.
+    // cached K and V row is read once for all of them. On a decode step's
+    // team the jobs are split across its threads at every length; otherwise,
+    // below kParallelAttentionBytes of K/V they run on this thread (a oneTBB
+    // loop then costs more than it saves).
     const int jobs = n * hp.n_head_kv;
     auto attend = [&](int begin, int end) {
       const kernels::KernelSet& ks = kernels::Active();
