@@ -5,9 +5,7 @@
 #include <vector>
 
 #include <tbb/blocked_range.h>
-#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
-#include <tbb/task_arena.h>
 
 #include "base/scratch.h"
 #include "experts/worker_team.h"
@@ -52,9 +50,7 @@ void RunProducts(const PreparedProduct* products, size_t n_products) {
   }
   if (unit_work == 0) return;  // no weight rows or no activation rows
   WorkerTeam* team = memory_bound ? WorkerTeam::Current() : nullptr;
-  const int64_t workers = team ? team->size() : std::min<int64_t>(
-      tbb::this_task_arena::max_concurrency(),
-      static_cast<int64_t>(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
+  const int64_t workers = team ? team->size() : AllowedThreads();
   const int64_t tasks = memory_bound ? workers : 4 * workers;
   int64_t grain = std::max<int64_t>(int64_t{kernels::kGemvStreams}, (units + tasks - 1) / tasks);
   if (!memory_bound) {

@@ -32,12 +32,14 @@ void Pause() {
 
 }  // namespace
 
+int AllowedThreads() {
+  return std::min<int>(tbb::this_task_arena::max_concurrency(),
+                       static_cast<int>(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
+}
+
 WorkerTeam::WorkerTeam() : outer_(current_team), owner_(std::this_thread::get_id()) {
-  const int workers = std::min<int>(
-      tbb::this_task_arena::max_concurrency(),
-      static_cast<int>(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
   // A team inside a team's part would wait on workers the outer one holds.
-  n_helpers_ = outer_ ? 0 : std::max(0, workers - 1);
+  n_helpers_ = outer_ ? 0 : std::max(0, AllowedThreads() - 1);
   for (int i = 0; i < n_helpers_; ++i) StartHelper();
   current_team = this;
 }

@@ -36,6 +36,10 @@
 
 namespace micromoe::experts {
 
+// Threads this thread's parallel work may use: the arena's concurrency,
+// capped by tbb::global_control's max_allowed_parallelism.
+int AllowedThreads();
+
 class WorkerTeam {
  public:
   // Starts a helper on every oneTBB worker this thread may use besides itself.

@@ -1394,6 +1394,16 @@ TEST(PackedWeightsTest, LayoutPutsFourWeightsOfEachRowPerLane) {
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ4_0, 3 * kQK), 2 * 64u + 3 * 256) << "odd block count: a half-empty scale line";
 }
 
+// Packs 16 rows of `blocks` K-quant blocks each (row after row in `rows`)
+// into `arena` and returns their group.
+template <class Block>
+const uint8_t* PackOneKQuantGroup(PackedArena& arena, TensorType type, const std::vector<Block>& rows, int64_t blocks) {
+  return arena
+      .Pack({type, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows, blocks * kQK_K,
+             static_cast<uint64_t>(blocks) * sizeof(Block)})
+      .packed;
+}
+
 TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
   // Row i, super-block s: d = i + 1, dmin = s + 1, scale byte b = 16 s + b +
   // i, quant byte c = (7 i + 3 c + s) % 256, checked against packed.h.
@@ -1409,10 +1419,7 @@ TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
     }
   }
   PackedArena arena(PackedBytes(TensorType::kQ4_K, kPackRows, kBlocks * kQK_K));
-  const uint8_t* g = arena
-                         .Pack({TensorType::kQ4_K, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows,
-                                kBlocks * kQK_K, kBlocks * sizeof(BlockQ4_K)})
-                         .packed;
+  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ4_K, rows, kBlocks);
   ASSERT_NE(g, nullptr);
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ4_K, kBlocks * kQK_K), kBlocks * kPackRows * sizeof(BlockQ4_K))
       << "the file's bytes, rearranged";
@@ -1448,9 +1455,7 @@ TEST(PackedWeightsTest, Q5_KLayoutAddsTwoLinesOfFifthBitsPerPair) {
     }
   }
   PackedArena arena(PackedBytes(TensorType::kQ5_K, kPackRows, kQK_K));
-  const uint8_t* g =
-      arena.Pack({TensorType::kQ5_K, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows, kQK_K, sizeof(BlockQ5_K)})
-          .packed;
+  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ5_K, rows, 1);
   ASSERT_NE(g, nullptr);
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ5_K, kQK_K), kPackRows * sizeof(BlockQ5_K));
   for (int i = 0; i < kPackRows; ++i) {
@@ -1489,10 +1494,7 @@ TEST(PackedWeightsTest, Q6_KLayoutPutsTheDsFirstThenScalesAndSplitValues) {
     }
   }
   PackedArena arena(PackedBytes(TensorType::kQ6_K, kPackRows, kBlocks * kQK_K));
-  const uint8_t* g = arena
-                         .Pack({TensorType::kQ6_K, reinterpret_cast<const uint8_t*>(rows.data()), kPackRows,
-                                kBlocks * kQK_K, kBlocks * sizeof(BlockQ6_K)})
-                         .packed;
+  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ6_K, rows, kBlocks);
   ASSERT_NE(g, nullptr);
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ6_K, kBlocks * kQK_K), 128 + kBlocks * 3328u);
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ6_K, 4 * kQK_K), 4 * kPackRows * sizeof(BlockQ6_K)) << "even: no padding";
