@@ -5,12 +5,14 @@
 #include <cmath>
 #include <random>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "experts/local_expert.h"
+#include "experts/worker_team.h"
 #include "gguf/writer.h"
 #include "kernels/packed.h"
 #include "kernels/quantize.h"
@@ -318,37 +320,42 @@ TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
     }
   };
 
-  for (const std::vector<std::pair<int, int64_t>>& batch :
-       std::vector<std::vector<std::pair<int, int64_t>>>{
-           {{0, 1}, {1, 1}}, {{0, 3}, {1, 1}, {2, 0}, {0, 6}, {2, 9}, {3, 5}}, {{3, 1}, {2, 1}}, {}}) {
-    std::vector<std::vector<float>> in, out;
-    std::vector<experts::LocalExpertCall> calls;
-    for (const auto& [e, n_rows] : batch) {
-      in.emplace_back(static_cast<size_t>(n_rows * kDim));
-      for (float& v : in.back()) v = normal(rng);
-      out.emplace_back(static_cast<size_t>(n_rows * kDim), -1.0f);
-    }
-    for (size_t c = 0; c < batch.size(); ++c) calls.push_back({local[batch[c].first].get(), in[c].data(), batch[c].second, out[c].data()});
-    experts::ForwardLocalExperts(calls);
-    for (size_t c = 0; c < batch.size(); ++c) {
-      for (int64_t r = 0; r < batch[c].second; ++r) {
-        std::vector<float> same(kDim), exact(kDim);
-        one_at_a_time(batch[c].first, &in[c][r * kDim], same.data());
-        reference(batch[c].first, &in[c][r * kDim], exact.data());
-        double sq = 0, err_same = 0, err_exact = 0;
-        for (int64_t o = 0; o < kDim; ++o) {
-          const float got = out[c][r * kDim + o];
-          sq += static_cast<double>(exact[o]) * exact[o];
-          err_same = std::max(err_same, static_cast<double>(std::fabs(same[o] - got)));
-          err_exact = std::max(err_exact, static_cast<double>(std::fabs(exact[o] - got)));
+  // Each batch with oneTBB's loops and inside a decode step's WorkerTeam.
+  for (const bool on_team : {false, true}) {
+    std::optional<experts::WorkerTeam> team;
+    if (on_team) team.emplace();
+    for (const std::vector<std::pair<int, int64_t>>& batch :
+         std::vector<std::vector<std::pair<int, int64_t>>>{
+             {{0, 1}, {1, 1}}, {{0, 3}, {1, 1}, {2, 0}, {0, 6}, {2, 9}, {3, 5}}, {{3, 1}, {2, 1}}, {}}) {
+      std::vector<std::vector<float>> in, out;
+      std::vector<experts::LocalExpertCall> calls;
+      for (const auto& [e, n_rows] : batch) {
+        in.emplace_back(static_cast<size_t>(n_rows * kDim));
+        for (float& v : in.back()) v = normal(rng);
+        out.emplace_back(static_cast<size_t>(n_rows * kDim), -1.0f);
+      }
+      for (size_t c = 0; c < batch.size(); ++c) calls.push_back({local[batch[c].first].get(), in[c].data(), batch[c].second, out[c].data()});
+      experts::ForwardLocalExperts(calls);
+      for (size_t c = 0; c < batch.size(); ++c) {
+        for (int64_t r = 0; r < batch[c].second; ++r) {
+          std::vector<float> same(kDim), exact(kDim);
+          one_at_a_time(batch[c].first, &in[c][r * kDim], same.data());
+          reference(batch[c].first, &in[c][r * kDim], exact.data());
+          double sq = 0, err_same = 0, err_exact = 0;
+          for (int64_t o = 0; o < kDim; ++o) {
+            const float got = out[c][r * kDim + o];
+            sq += static_cast<double>(exact[o]) * exact[o];
+            err_same = std::max(err_same, static_cast<double>(std::fabs(same[o] - got)));
+            err_exact = std::max(err_exact, static_cast<double>(std::fabs(exact[o] - got)));
+          }
+          const double rms = std::sqrt(sq / kDim);
+          // The one-at-a-time path rounds the SwiGLU gate with std::exp, so a
+          // hidden value can land on the other side of an 8-bit rounding step
+          // before the down matrix: up to about 0.005 of the RMS (seen for 4 of
+          // 200 seeds); a wrong expert, row or buffer is off by about the RMS.
+          EXPECT_LT(err_same, 1e-2 * rms) << "call " << c << " row " << r << (on_team ? " on a team" : "");
+          EXPECT_LT(err_exact, 0.1 * rms) << "call " << c << " row " << r << (on_team ? " on a team" : "");
         }
-        const double rms = std::sqrt(sq / kDim);
-        // The one-at-a-time path rounds the SwiGLU gate with std::exp, so a
-        // hidden value can land on the other side of an 8-bit rounding step
-        // before the down matrix: up to about 0.005 of the RMS (seen for 4 of
-        // 200 seeds); a wrong expert, row or buffer is off by about the RMS.
-        EXPECT_LT(err_same, 1e-2 * rms) << "call " << c << " row " << r;
-        EXPECT_LT(err_exact, 0.1 * rms) << "call " << c << " row " << r;
       }
     }
   }
