@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <vector>
 
 #include <tbb/blocked_range.h>
@@ -38,6 +39,19 @@ struct PreparedProduct {
 // - Above it, a task takes at least 64K multiply-adds and at least four
 //   units, and up to 16 units while that leaves four tasks per worker.
 
+// Units [begin, end) of the products, numbered across them, on this thread.
+void RunUnits(const PreparedProduct* products, size_t n_products, int64_t begin, int64_t end) {
+  constexpr int64_t kUnit = kernels::kPackRows;
+  int64_t base = 0;  // first unit of the current product
+  for (size_t i = 0; i < n_products; ++i) {
+    const PreparedProduct& p = products[i];
+    const int64_t units = (p.w->rows + kUnit - 1) / kUnit;
+    const int64_t b = std::max(begin, base), e = std::min(end, base + units);
+    if (b < e) kernels::MatMulRows(*p.w, *p.x, p.y, p.ldy, (b - base) * kUnit, std::min(p.w->rows, (e - base) * kUnit));
+    base += units;
+  }
+}
+
 void RunProducts(const PreparedProduct* products, size_t n_products) {
   constexpr int64_t kUnit = kernels::kPackRows;
   auto units_of = [](const PreparedProduct& p) { return (p.w->rows + kUnit - 1) / kUnit; };
@@ -56,15 +70,7 @@ void RunProducts(const PreparedProduct* products, size_t n_products) {
   if (!memory_bound) {
     grain = std::max(std::min<int64_t>(16, grain), (int64_t{1} << 16) * units / std::max<int64_t>(1, unit_work));
   }
-  auto run_units = [&](int64_t begin, int64_t end) {
-    int64_t base = 0;  // first unit of the current product
-    for (size_t i = 0; i < n_products; ++i) {
-      const PreparedProduct& p = products[i];
-      const int64_t b = std::max(begin, base), e = std::min(end, base + units_of(p));
-      if (b < e) kernels::MatMulRows(*p.w, *p.x, p.y, p.ldy, (b - base) * kUnit, std::min(p.w->rows, (e - base) * kUnit));
-      base += units_of(p);
-    }
-  };
+  auto run_units = [&](int64_t begin, int64_t end) { RunUnits(products, n_products, begin, end); };
   if (grain >= units) {
     run_units(0, units);
     return;
@@ -98,9 +104,8 @@ void PrepareProducts(const Product* products, size_t n, const float* x, int64_t 
 }
 
 // Runs fn(i) for i < n: in parallel when `parallel`, on the current team
-// when there is one (a decode step's experts then prepare their
-// activations and SwiGLU side by side, about 3 us of the step's serial
-// time per layer on the bench model).
+// when there is one (experts that share a decode step's loops then prepare
+// their activations and SwiGLU side by side).
 template <class Fn>
 void ForEach(size_t n, bool parallel, const Fn& fn) {
   if (WorkerTeam* team = WorkerTeam::Current(); team && n > 1) {
@@ -139,29 +144,49 @@ void ForwardLocalExperts(const std::vector<LocalExpertCall>& calls) {
   // Hidden rows of every call, one after another: call i's at offset[i].
   std::vector<size_t> offset(n + 1, 0);
   int64_t total_rows = 0;
+  bool memory_bound = true;
   for (size_t i = 0; i < n; ++i) {
     offset[i + 1] = offset[i] + static_cast<size_t>(calls[i].n_rows) * calls[i].expert->ffn_dim();
     total_rows += calls[i].n_rows;
+    memory_bound = memory_bound && calls[i].n_rows <= kMemoryBoundRows;
   }
   Scratch<float> g(offset[n]), u(offset[n]);
+  std::vector<kernels::Activations> acts(2 * n);
+  std::vector<PreparedProduct> gate_up(2 * n), down(n);
+  auto prepare_gate_up = [&](size_t i) {
+    const LocalExpert& e = *calls[i].expert;
+    const Product products[] = {{&e.gate(), g.data() + offset[i], e.ffn_dim()}, {&e.up(), u.data() + offset[i], e.ffn_dim()}};
+    PrepareProducts(products, 2, calls[i].in, e.dim(), calls[i].n_rows, &acts[2 * i], &gate_up[2 * i]);
+  };
+  auto prepare_down = [&](size_t i) {
+    const LocalExpert& e = *calls[i].expert;
+    kernels::Active().swiglu_f32(g.data() + offset[i], u.data() + offset[i], static_cast<int64_t>(offset[i + 1] - offset[i]));
+    const Product product = {&e.down(), calls[i].out, e.dim()};
+    PrepareProducts(&product, 1, g.data() + offset[i], e.ffn_dim(), calls[i].n_rows, &acts[2 * i], &down[i]);
+  };
+  // On a team (a decode step) whole experts run one per thread, as many as
+  // divide evenly: no synchronisation inside an expert, and each thread
+  // streams an expert's three matrices in one go. The rest share the loops.
+  size_t joint_begin = 0;
+  if (WorkerTeam* team = WorkerTeam::Current(); team && memory_bound) {
+    joint_begin = n - n % static_cast<size_t>(team->size());
+    team->Run(static_cast<int>(joint_begin), [&](int part) {
+      const size_t i = static_cast<size_t>(part);
+      prepare_gate_up(i);
+      RunUnits(&gate_up[2 * i], 2, 0, std::numeric_limits<int64_t>::max());
+      prepare_down(i);
+      RunUnits(&down[i], 1, 0, std::numeric_limits<int64_t>::max());
+    });
+  }
+  const size_t joint = n - joint_begin;
+  if (joint == 0) return;
   // Preparing activations (quantizing) and the gate are per call; below a few
   // rows they cost less than waking a worker.
   const bool parallel_prep = total_rows > 4;
-  std::vector<kernels::Activations> acts(2 * n);
-  std::vector<PreparedProduct> products(2 * n);
-  ForEach(n, parallel_prep, [&](size_t i) {
-    const LocalExpert& e = *calls[i].expert;
-    const Product gate_up[] = {{&e.gate(), g.data() + offset[i], e.ffn_dim()}, {&e.up(), u.data() + offset[i], e.ffn_dim()}};
-    PrepareProducts(gate_up, 2, calls[i].in, e.dim(), calls[i].n_rows, &acts[2 * i], &products[2 * i]);
-  });
-  RunProducts(products.data(), 2 * n);
-  ForEach(n, parallel_prep, [&](size_t i) {
-    const LocalExpert& e = *calls[i].expert;
-    kernels::Active().swiglu_f32(g.data() + offset[i], u.data() + offset[i], static_cast<int64_t>(offset[i + 1] - offset[i]));
-    const Product down = {&e.down(), calls[i].out, e.dim()};
-    PrepareProducts(&down, 1, g.data() + offset[i], e.ffn_dim(), calls[i].n_rows, &acts[2 * i], &products[i]);
-  });
-  RunProducts(products.data(), n);
+  ForEach(joint, parallel_prep, [&](size_t k) { prepare_gate_up(joint_begin + k); });
+  RunProducts(&gate_up[2 * joint_begin], 2 * joint);
+  ForEach(joint, parallel_prep, [&](size_t k) { prepare_down(joint_begin + k); });
+  RunProducts(&down[joint_begin], joint);
 }
 
 LocalExpert::LocalExpert(kernels::MatrixView gate, kernels::MatrixView up, kernels::MatrixView down)

@@ -230,15 +230,16 @@ TEST(PackedModelTest, SameLogitsAndOnlyTheRequestedMatricesPacked) {
 }
 
 // ForwardLocalExperts runs several experts as two loops over all their
-// weight rows; each call must still get its own expert's block of its own
-// rows. Checked against each expert computed on its own, one product at a
-// time on the file layout (kernels::MatMul, scalar SwiGLU), and loosely
+// weight rows, or on a team whole experts one per thread and the rest as
+// loops; each call must still get its own expert's block of its own rows.
+// Checked against each expert computed on its own, one product at a time on
+// the file layout (kernels::MatMul, scalar SwiGLU), and loosely
 // against a double-precision block on the dequantized weights (activations
 // are quantized to 8 bits on the way). Experts of mixed weight types (gate
 // and up of different types prepare separate activations), packed and
 // file-layout matrices, different hidden widths, the same expert twice, a
 // call of no rows, no calls, and batch-1 (decode) as well as prompt-sized
-// calls.
+// calls, on a team an even and an odd number of decode calls.
 TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
   using gguf::TensorType;
   constexpr int64_t kDim = 256, kFfn = 512;
@@ -326,7 +327,8 @@ TEST(LocalExperts, TogetherEachCallGetsItsOwnExpertsBlock) {
     if (on_team) team.emplace();
     for (const std::vector<std::pair<int, int64_t>>& batch :
          std::vector<std::vector<std::pair<int, int64_t>>>{
-             {{0, 1}, {1, 1}}, {{0, 3}, {1, 1}, {2, 0}, {0, 6}, {2, 9}, {3, 5}}, {{3, 1}, {2, 1}}, {}}) {
+             {{0, 1}, {1, 1}}, {{0, 3}, {1, 1}, {2, 0}, {0, 6}, {2, 9}, {3, 5}}, {{3, 1}, {2, 1}},
+             {{0, 1}, {3, 1}, {1, 2}}, {{2, 4}, {1, 1}, {3, 1}, {0, 1}, {1, 1}}, {}}) {
       std::vector<std::vector<float>> in, out;
       std::vector<experts::LocalExpertCall> calls;
       for (const auto& [e, n_rows] : batch) {
