@@ -370,7 +370,8 @@ void BM_Attention(benchmark::State& state, const KernelSet* ks, double bandwidth
   constexpr int kHeads = 16, kKvHeads = 4, kHeadDim = 64, kGroup = kHeads / kKvHeads;
   constexpr int64_t kKvDim = kKvHeads * kHeadDim;
   const int64_t n = state.range(0);
-  const uint64_t cache_floats = 2 * static_cast<uint64_t>(n) * kKvDim;  // K then V
+  // runtime::KvCache's layout: K of each head (its n rows one after another), then V.
+  const uint64_t cache_floats = 2 * static_cast<uint64_t>(n) * kKvDim;
   const size_t copies = std::max<size_t>(2, kMinWorkingSet / (cache_floats * sizeof(float)));
   // Page-aligned like runtime::KvCache, so rows start on cache lines.
   std::vector<std::unique_ptr<float, decltype(&std::free)>> caches;
@@ -388,10 +389,11 @@ void BM_Attention(benchmark::State& state, const KernelSet* ks, double bandwidth
     const float* k = caches[i].get();
     const float* v = k + static_cast<uint64_t>(n) * kKvDim;
     for (int h = 0; h < kKvHeads; ++h) {
-      ks->dot_rows_f32(q.data() + h * kGroup * kHeadDim, kHeadDim, kGroup, k + h * kHeadDim, kKvDim, n, kHeadDim,
+      const uint64_t head = static_cast<uint64_t>(h) * n * kHeadDim;
+      ks->dot_rows_f32(q.data() + h * kGroup * kHeadDim, kHeadDim, kGroup, k + head, kHeadDim, n, kHeadDim,
                        scores.data(), n);
       for (int g = 0; g < kGroup; ++g) ks->softmax_f32(scores.data() + g * n, n, 0.125f);
-      ks->weighted_rows_f32(scores.data(), n, kGroup, v + h * kHeadDim, kKvDim, n, kHeadDim,
+      ks->weighted_rows_f32(scores.data(), n, kGroup, v + head, kHeadDim, n, kHeadDim,
                             out.data() + h * kGroup * kHeadDim, kHeadDim);
     }
     benchmark::DoNotOptimize(out.data());

@@ -568,7 +568,7 @@ void BM_RemoteDecode(benchmark::State& state, bool remote) {
   const runtime::HParams& hp = m.hparams();
   r->SetRemote(remote);
   const int n_ctx = std::min(hp.n_ctx_train, 128);
-  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), n_ctx, 1);
+  runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, 1);
   (void)kv.Start(0);
   std::vector<float> logits;
   int pos = 0;

@@ -101,7 +101,7 @@ int RunBench(const BenchArgs& a) {
 
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> token(0, hp.n_vocab - 1);
-  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), a.depth + a.n_prompt + a.n_gen + 1, 1);
+  runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, a.depth + a.n_prompt + a.n_gen + 1, 1);
   std::vector<float> logits;
   // The context both tests start from: `depth` tokens already in the cache
   // (positions past it are overwritten by each test), or one token for tg.

@@ -69,7 +69,7 @@ int RunRouteStats(const RouteStatsArgs& a) {
 
   std::vector<std::vector<uint64_t>> before(hp.n_layer);
   for (int l = 0; l < hp.n_layer; ++l) before[l] = m.layers()[l].router->Load();
-  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), a.n_ctx, 1);
+  runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, a.n_ctx, 1);
   std::vector<float> logits;
   for (size_t start = 0; start < tokens.size(); start += a.n_ctx) {
     const size_t n = std::min<size_t>(a.n_ctx, tokens.size() - start);

@@ -134,8 +134,12 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
       const float* cs = rope.data() + static_cast<size_t>(r) * hp.rope_dim;
       Rope(qr, hp.n_head, hd, hp.rope_dim, hp.rope_style, cs);
       Rope(kr, hp.n_head_kv, hd, hp.rope_dim, hp.rope_style, cs);
-      std::copy_n(kr, kvd, kv.k(il, rows[r].seq, rows[r].pos));
-      std::copy_n(v.data() + static_cast<size_t>(r) * kvd, kvd, kv.v(il, rows[r].seq, rows[r].pos));
+      const float* vr = v.data() + static_cast<size_t>(r) * kvd;
+      const size_t at = static_cast<size_t>(rows[r].pos) * hd;
+      for (int h = 0; h < hp.n_head_kv; ++h) {
+        std::copy_n(kr + h * hd, hd, kv.k(il, rows[r].seq, h) + at);
+        std::copy_n(vr + h * hd, hd, kv.v(il, rows[r].seq, h) + at);
+      }
     }
     // Causal attention: each row sees its sequence's positions 0..pos. One job
     // per (row, KV head) takes the `group` query heads that share it, so each
@@ -152,10 +156,10 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
         const int len = rows[r].pos + 1, seq = rows[r].seq;
         const float* qh = q.data() + static_cast<size_t>(r) * qd + kvh * group * hd;
         scores.Resize(static_cast<size_t>(group) * len);
-        // Positions of a sequence are consecutive rows of kv_dim floats in the cache.
-        ks.dot_rows_f32(qh, hd, group, kv.k(il, seq, 0) + kvh * hd, kvd, len, hd, scores.data(), len);
+        // A head's positions are consecutive rows of head_dim floats in the cache.
+        ks.dot_rows_f32(qh, hd, group, kv.k(il, seq, kvh), hd, len, hd, scores.data(), len);
         for (int g = 0; g < group; ++g) ks.softmax_f32(scores.data() + static_cast<size_t>(g) * len, len, kq_scale);
-        ks.weighted_rows_f32(scores.data(), len, group, kv.v(il, seq, 0) + kvh * hd, kvd, len, hd,
+        ks.weighted_rows_f32(scores.data(), len, group, kv.v(il, seq, kvh), hd, len, hd,
                              attn.data() + static_cast<size_t>(r) * qd + kvh * group * hd, hd);
       }
     };

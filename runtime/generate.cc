@@ -47,7 +47,7 @@ absl::StatusOr<GenerateResult> Generate(const Model& model, const std::vector<in
                                              std::min(n_ctx, train_ctx), " (model trained for ", train_ctx, ")"));
   }
   const HParams& hp = model.hparams();
-  KvCache kv(hp.n_layer, hp.kv_dim(), n_ctx, 1);
+  KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, 1);
   if (auto s = kv.Start(0); !s.ok()) return s;
   Sampler sampler(options.sampling);
   GenerateResult result;
@@ -96,7 +96,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
   }
   const bool add_bos = model.has_tokenizer() && model.tokenizer().add_bos();
   const int first = n_ctx / 2;
-  KvCache kv(hp.n_layer, hp.kv_dim(), n_ctx, 1);
+  KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, 1);
   double nll = 0, nll2 = 0;
   uint64_t count = 0;
   std::vector<BatchRow> rows(n_ctx);

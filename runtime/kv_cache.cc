@@ -8,11 +8,11 @@
 
 namespace micromoe::runtime {
 
-KvCache::KvCache(int n_layer, int kv_dim, int n_ctx, int max_sequences)
-    : n_layer_(n_layer), kv_dim_(kv_dim), n_ctx_(n_ctx), seqs_(max_sequences) {}
+KvCache::KvCache(int n_layer, int n_head_kv, int head_dim, int n_ctx, int max_sequences)
+    : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), n_ctx_(n_ctx), seqs_(max_sequences) {}
 
 uint64_t KvCache::bytes_per_sequence() const {
-  return static_cast<uint64_t>(n_layer_) * 2 * n_ctx_ * kv_dim_ * sizeof(float);
+  return static_cast<uint64_t>(n_layer_) * 2 * n_ctx_ * n_head_kv_ * head_dim_ * sizeof(float);
 }
 
 absl::Status KvCache::Start(int seq) {

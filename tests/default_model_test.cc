@@ -44,7 +44,7 @@ class DefaultModelTest : public ::testing::Test {
     const auto& hp = model_->hparams();
     const auto before = model_->layers()[layer].router->Load();
     const auto tokens = Tokens(domain);
-    runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 128, 1);
+    runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 128, 1);
     std::vector<float> logits;
     for (size_t start = 0; start + 128 <= tokens.size(); start += 128) {
       EXPECT_TRUE(kv.Start(0).ok());

@@ -180,7 +180,7 @@ TEST(PackedModelTest, SameLogitsAndOnlyTheRequestedMatricesPacked) {
     auto m = Model::Load(path, options);
     EXPECT_TRUE(m.ok()) << m.status();
     const HParams& hp = (*m)->hparams();
-    KvCache kv(hp.n_layer, hp.kv_dim(), 16, 1);
+    KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 16, 1);
     EXPECT_TRUE(kv.Start(0).ok());
     std::vector<BatchRow> batch;
     for (int i = 0; i < 6; ++i) batch.push_back({300 + i, i, 0, true});  // a prompt: tiles of four and a remainder

@@ -248,7 +248,7 @@ TEST_P(ReferenceForwardTest, PrefillAndDecodeLogitsMatchReference) {
 
   const std::vector<int32_t> tokens = {1, 300, 17, 45, 99, 260, 5, 301, 42, 7};
   const auto& hp = (*model)->hparams();
-  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 64, 1);
+  runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 64, 1);
   ASSERT_TRUE(kv.Start(0).ok());
   // Prefill the first 6 tokens as one batch, then decode the rest one at a time.
   const size_t n_prefill = 6;
@@ -306,7 +306,7 @@ TEST(ForwardBatching, TwoSequencesInOneBatchEqualEachAlone) {
   const std::vector<int32_t> a = {1, 300, 17, 45}, b = {1, 99, 260};
 
   auto alone = [&](const std::vector<int32_t>& toks) {
-    runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 16, 1);
+    runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 16, 1);
     EXPECT_TRUE(kv.Start(0).ok());
     std::vector<runtime::BatchRow> rows;
     for (size_t i = 0; i < toks.size(); ++i) rows.push_back({toks[i], static_cast<int32_t>(i), 0, i + 1 == toks.size()});
@@ -314,7 +314,7 @@ TEST(ForwardBatching, TwoSequencesInOneBatchEqualEachAlone) {
     EXPECT_TRUE(runtime::Forward(**model, rows, kv, &logits).ok());
     return logits;
   };
-  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 16, 2);
+  runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 16, 2);
   ASSERT_TRUE(kv.Start(0).ok());
   ASSERT_TRUE(kv.Start(1).ok());
   std::vector<runtime::BatchRow> rows;
@@ -338,7 +338,7 @@ TEST(ForwardValidation, RejectsOutOfRangeTokenPositionAndSequence) {
   auto model = runtime::Model::Load(path);
   ASSERT_TRUE(model.ok());
   const auto& hp = (*model)->hparams();
-  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 8, 1);
+  runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 8, 1);
   ASSERT_TRUE(kv.Start(0).ok());
   std::vector<float> logits;
   auto run = [&](runtime::BatchRow r) { return runtime::Forward(**model, {r}, kv, &logits); };

@@ -116,7 +116,7 @@ TEST_P(ReferenceModelTest, GreedyContinuationAgreesWithOtherEngine) {
   const auto& tok = (*model)->tokenizer();
   const auto& hp = (*model)->hparams();
   const std::vector<int32_t> prompt = tok.Encode("The license", tok.add_bos(), false);
-  runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 64, 1);
+  runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 64, 1);
   ASSERT_TRUE(kv.Start(0).ok());
   std::vector<runtime::BatchRow> rows;
   for (size_t i = 0; i < prompt.size(); ++i) rows.push_back({prompt[i], static_cast<int32_t>(i), 0, i + 1 == prompt.size()});

@@ -263,7 +263,7 @@ class RemoteExpertsTest : public ::testing::Test {
   absl::Status RunForward(runtime::ForwardOptions options, std::vector<float>* logits,
                           runtime::ForwardReport* report = nullptr) {
     const auto& hp = model_->hparams();
-    runtime::KvCache kv(hp.n_layer, hp.kv_dim(), 16, 2);
+    runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 16, 2);
     for (int s = 0; s < 2; ++s) {
       if (auto st = kv.Start(s); !st.ok()) return st;
     }
@@ -780,7 +780,7 @@ TEST(RemoteThroughput, HalfTheExpertsOnANode) {
   ASSERT_TRUE(remote.ok());
   constexpr int kTokens = 64;
   auto decode = [&] {
-    runtime::KvCache kv(hp.n_layer, hp.kv_dim(), kTokens, 1);
+    runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, kTokens, 1);
     EXPECT_TRUE(kv.Start(0).ok());
     std::vector<float> logits;
     const Clock::time_point t = Clock::now();
