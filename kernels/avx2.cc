@@ -7,7 +7,6 @@
 #include <type_traits>
 
 #include "kernels/cpu_features.h"
-#include "kernels/dot_rows.h"
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
 
@@ -279,25 +278,108 @@ void GemmF32X16(const float* wt, int64_t cols, const float* x, int64_t ldx, int 
   }
 }
 
+// Attention over cached rows: each row is loaded once for up to four query
+// heads, and the row kRowsAhead positions on is requested explicitly (the
+// hardware prefetchers fall behind on the cache, as in avx512.cc).
+constexpr int64_t kRowsAhead = 16;
+
+// The lines of row[0, n) (prefetches past the end do not fault).
+void PrefetchFloats(const float* row, int64_t n) {
+  for (int64_t c = 0; c < n; c += 16) _mm_prefetch(reinterpret_cast<const char*>(row + c), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + n - 1), _MM_HINT_T0);
+}
+
+template <int kHeads>
+void DotRowsPass(const float* q, uint64_t ld_q, const float* rows, uint64_t stride, int64_t n, int64_t dim,
+                 float* out, uint64_t ld_out) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* r = rows + t * stride;
+    PrefetchFloats(r + kRowsAhead * stride, dim);
+    // Two sums per head (even and odd chunks of 8), so a head's FMAs do not
+    // wait on each other.
+    __m256 even[kHeads], odd[kHeads];
+    for (int h = 0; h < kHeads; ++h) even[h] = odd[h] = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 16 <= dim; c += 16) {
+      const __m256 r0 = _mm256_loadu_ps(r + c), r1 = _mm256_loadu_ps(r + c + 8);
+      for (int h = 0; h < kHeads; ++h) {
+        even[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * ld_q + c), r0, even[h]);
+        odd[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * ld_q + c + 8), r1, odd[h]);
+      }
+    }
+    if (c + 8 <= dim) {
+      const __m256 r0 = _mm256_loadu_ps(r + c);
+      for (int h = 0; h < kHeads; ++h) even[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * ld_q + c), r0, even[h]);
+      c += 8;
+    }
+    for (int h = 0; h < kHeads; ++h) {
+      float sum = HorizontalSum(_mm256_add_ps(even[h], odd[h]));
+      for (int64_t i = c; i < dim; ++i) sum += q[h * ld_q + i] * r[i];
+      out[h * ld_out + t] = sum;
+    }
+  }
+}
+
+void DotRowsF32(const float* q, uint64_t ld_q, int n_q, const float* rows, uint64_t stride, int64_t n, int64_t dim,
+                float* out, uint64_t ld_out) {
+  for (int h = 0; h < n_q; h += 4) {
+    const float* qh = q + h * ld_q;
+    float* oh = out + h * ld_out;
+    switch (std::min(4, n_q - h)) {
+      case 1: DotRowsPass<1>(qh, ld_q, rows, stride, n, dim, oh, ld_out); break;
+      case 2: DotRowsPass<2>(qh, ld_q, rows, stride, n, dim, oh, ld_out); break;
+      case 3: DotRowsPass<3>(qh, ld_q, rows, stride, n, dim, oh, ld_out); break;
+      default: DotRowsPass<4>(qh, ld_q, rows, stride, n, dim, oh, ld_out); break;
+    }
+  }
+}
+
+// Columns [0, 16) of rows (the caller offsets them) for up to four heads, in
+// registers across all rows. `ahead` floats of the row kRowsAhead on are
+// requested: the first pass over a head's rows fetches them whole, so the
+// later passes find them in L2.
+template <int kHeads>
+void WeightedRows16(const float* w, uint64_t ld_w, const float* rows, uint64_t stride, int64_t n, int64_t ahead,
+                    float* out, uint64_t ld_out) {
+  __m256 lo[kHeads], hi[kHeads];
+  for (int h = 0; h < kHeads; ++h) lo[h] = hi[h] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    const float* r = rows + t * stride;
+    if (ahead > 0) PrefetchFloats(r + kRowsAhead * stride, ahead);
+    const __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8);
+    for (int h = 0; h < kHeads; ++h) {
+      const __m256 wt = _mm256_broadcast_ss(w + h * ld_w + t);
+      lo[h] = _mm256_fmadd_ps(wt, r0, lo[h]);
+      hi[h] = _mm256_fmadd_ps(wt, r1, hi[h]);
+    }
+  }
+  for (int h = 0; h < kHeads; ++h) {
+    _mm256_storeu_ps(out + h * ld_out, lo[h]);
+    _mm256_storeu_ps(out + h * ld_out + 8, hi[h]);
+  }
+}
+
 void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
                      int64_t dim, float* out, uint64_t ld_out) {
-  for (int h = 0; h < n_q; ++h) {
-    // 32 columns at a time stay in registers across all rows; the tail by axpy.
+  for (int h = 0; h < n_q; h += 4) {
+    const int heads = std::min(4, n_q - h);
     const float* wh = w + h * ld_w;
     float* oh = out + h * ld_out;
     int64_t c = 0;
-    for (; c + 32 <= dim; c += 32) {
-      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      for (int64_t t = 0; t < n; ++t) {
-        const __m256 wt = _mm256_set1_ps(wh[t]);
-        const float* r = rows + t * stride + c;
-        for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(wt, _mm256_loadu_ps(r + 8 * j), acc[j]);
+    for (; c + 16 <= dim; c += 16) {
+      const int64_t ahead = c == 0 ? dim : 0;
+      switch (heads) {
+        case 1: WeightedRows16<1>(wh, ld_w, rows + c, stride, n, ahead, oh + c, ld_out); break;
+        case 2: WeightedRows16<2>(wh, ld_w, rows + c, stride, n, ahead, oh + c, ld_out); break;
+        case 3: WeightedRows16<3>(wh, ld_w, rows + c, stride, n, ahead, oh + c, ld_out); break;
+        default: WeightedRows16<4>(wh, ld_w, rows + c, stride, n, ahead, oh + c, ld_out); break;
       }
-      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(oh + c + 8 * j, acc[j]);
     }
-    if (c < dim) {
-      for (int64_t i = c; i < dim; ++i) oh[i] = 0;
-      for (int64_t t = 0; t < n; ++t) AxpyF32(wh[t], rows + t * stride + c, oh + c, dim - c);
+    // The last dim % 16 columns by axpy.
+    for (int k = 0; k < heads && c < dim; ++k) {
+      float* o = oh + k * ld_out + c;
+      for (int64_t i = 0; i < dim - c; ++i) o[i] = 0;
+      for (int64_t t = 0; t < n; ++t) AxpyF32(wh[k * ld_w + t], rows + t * stride + c, o, dim - c);
     }
   }
 }
@@ -363,7 +445,7 @@ const KernelSet* Avx2Kernels() {
                                 OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
                                 DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
                                 nullptr, nullptr,  // no VNNI: weights stay unpacked
-                                GemmF32X16, DotRowsEach<DotF32>, WeightedRowsF32, SoftmaxF32, SwiGluF32};
+                                GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, SwiGluF32};
   const CpuFeatures& f = GetCpuFeatures();
   return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;
 }
