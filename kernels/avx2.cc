@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kernels/cpu_features.h"
+#include "kernels/dot_rows.h"
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
 
@@ -322,16 +323,9 @@ void DotRowsPass(const float* q, uint64_t ld_q, const float* rows, uint64_t stri
 
 void DotRowsF32(const float* q, uint64_t ld_q, int n_q, const float* rows, uint64_t stride, int64_t n, int64_t dim,
                 float* out, uint64_t ld_out) {
-  for (int h = 0; h < n_q; h += 4) {
-    const float* qh = q + h * ld_q;
-    float* oh = out + h * ld_out;
-    switch (std::min(4, n_q - h)) {
-      case 1: DotRowsPass<1>(qh, ld_q, rows, stride, n, dim, oh, ld_out); break;
-      case 2: DotRowsPass<2>(qh, ld_q, rows, stride, n, dim, oh, ld_out); break;
-      case 3: DotRowsPass<3>(qh, ld_q, rows, stride, n, dim, oh, ld_out); break;
-      default: DotRowsPass<4>(qh, ld_q, rows, stride, n, dim, oh, ld_out); break;
-    }
-  }
+  ForEachHeadPass(n_q, [&](auto heads, int h) {
+    DotRowsPass<heads>(q + h * ld_q, ld_q, rows, stride, n, dim, out + h * ld_out, ld_out);
+  });
 }
 
 // Columns [0, 16) of rows (the caller offsets them) for up to four heads, in
@@ -361,27 +355,18 @@ void WeightedRows16(const float* w, uint64_t ld_w, const float* rows, uint64_t s
 
 void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
                      int64_t dim, float* out, uint64_t ld_out) {
-  for (int h = 0; h < n_q; h += 4) {
-    const int heads = std::min(4, n_q - h);
+  ForEachHeadPass(n_q, [&](auto heads, int h) {
     const float* wh = w + h * ld_w;
     float* oh = out + h * ld_out;
     int64_t c = 0;
-    for (; c + 16 <= dim; c += 16) {
-      const int64_t ahead = c == 0 ? dim : 0;
-      switch (heads) {
-        case 1: WeightedRows16<1>(wh, ld_w, rows + c, stride, n, ahead, oh + c, ld_out); break;
-        case 2: WeightedRows16<2>(wh, ld_w, rows + c, stride, n, ahead, oh + c, ld_out); break;
-        case 3: WeightedRows16<3>(wh, ld_w, rows + c, stride, n, ahead, oh + c, ld_out); break;
-        default: WeightedRows16<4>(wh, ld_w, rows + c, stride, n, ahead, oh + c, ld_out); break;
-      }
-    }
+    for (; c + 16 <= dim; c += 16) WeightedRows16<heads>(wh, ld_w, rows + c, stride, n, c == 0 ? dim : 0, oh + c, ld_out);
     // The last dim % 16 columns by axpy.
     for (int k = 0; k < heads && c < dim; ++k) {
       float* o = oh + k * ld_out + c;
       for (int64_t i = 0; i < dim - c; ++i) o[i] = 0;
       for (int64_t t = 0; t < n; ++t) AxpyF32(wh[k * ld_w + t], rows + t * stride + c, o, dim - c);
     }
-  }
+  });
 }
 
 // exp(x) as 2^k * p(r), k = round(x log2 e), r = x - k ln 2 in two steps, p

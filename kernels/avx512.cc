@@ -779,16 +779,9 @@ void DotRowsF32(const float* q, uint64_t ld_q, int n_q, const float* rows, uint6
   if (dim > 64) return DotRowsEach<DotF32>(q, ld_q, n_q, rows, stride, n, dim, out, ld_out);
   __mmask16 m[4];
   LaneMasks(dim, m);
-  for (int h = 0; h < n_q; h += 4) {
-    const float* qh = q + h * ld_q;
-    float* oh = out + h * ld_out;
-    switch (std::min(4, n_q - h)) {
-      case 1: DotRows64<1>(qh, ld_q, rows, stride, n, m, oh, ld_out); break;
-      case 2: DotRows64<2>(qh, ld_q, rows, stride, n, m, oh, ld_out); break;
-      case 3: DotRows64<3>(qh, ld_q, rows, stride, n, m, oh, ld_out); break;
-      default: DotRows64<4>(qh, ld_q, rows, stride, n, m, oh, ld_out); break;
-    }
-  }
+  ForEachHeadPass(n_q, [&](auto heads, int h) {
+    DotRows64<heads>(q + h * ld_q, ld_q, rows, stride, n, m, out + h * ld_out, ld_out);
+  });
 }
 
 void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, uint64_t stride, int64_t n,
@@ -797,16 +790,9 @@ void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, 
   for (int64_t c = 0; c < dim; c += 64) {
     __mmask16 m[4];
     LaneMasks(dim - c, m);
-    for (int h = 0; h < n_q; h += 4) {
-      const float* wh = w + h * ld_w;
-      float* oh = out + h * ld_out + c;
-      switch (std::min(4, n_q - h)) {
-        case 1: WeightedRows64<1>(wh, ld_w, rows + c, stride, n, m, oh, ld_out); break;
-        case 2: WeightedRows64<2>(wh, ld_w, rows + c, stride, n, m, oh, ld_out); break;
-        case 3: WeightedRows64<3>(wh, ld_w, rows + c, stride, n, m, oh, ld_out); break;
-        default: WeightedRows64<4>(wh, ld_w, rows + c, stride, n, m, oh, ld_out); break;
-      }
-    }
+    ForEachHeadPass(n_q, [&](auto heads, int h) {
+      WeightedRows64<heads>(w + h * ld_w, ld_w, rows + c, stride, n, m, out + h * ld_out + c, ld_out);
+    });
   }
 }
 
