@@ -359,7 +359,9 @@ void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, 
     const float* wh = w + h * ld_w;
     float* oh = out + h * ld_out;
     int64_t c = 0;
-    for (; c + 16 <= dim; c += 16) WeightedRows16<heads>(wh, ld_w, rows + c, stride, n, c == 0 ? dim : 0, oh + c, ld_out);
+    for (; c + 16 <= dim; c += 16) {
+      WeightedRows16<heads>(wh, ld_w, rows + c, stride, n, c == 0 ? dim : 0, oh + c, ld_out);
+    }
     // The last dim % 16 columns by axpy.
     for (int k = 0; k < heads && c < dim; ++k) {
       float* o = oh + k * ld_out + c;

@@ -33,8 +33,8 @@ int Sequence::completion_tokens() const { std::lock_guard<std::mutex> l(mu_); re
 Scheduler::Scheduler(const runtime::Model& model, const SchedulerOptions& options)
     : model_(model),
       options_(options),
-      kv_(model.hparams().n_layer, model.hparams().n_head_kv, model.hparams().head_dim, std::min(options.n_ctx, model.hparams().n_ctx_train),
-          options.max_sequences),
+      kv_(model.hparams().n_layer, model.hparams().n_head_kv, model.hparams().head_dim,
+          std::min(options.n_ctx, model.hparams().n_ctx_train), options.max_sequences),
       slots_(options.max_sequences) {
   options_.n_ctx = kv_.n_ctx();
   thread_ = std::thread([this] { Loop(); });
