@@ -139,10 +139,11 @@ void ParallelMatMul(const kernels::MatrixView& w, const float* x, int64_t ldx, i
   ParallelMatMuls({{&w, y, ldy}}, x, ldx, n_x);
 }
 
-void ForwardLocalExperts(const std::vector<LocalExpertCall>& calls) {
-  const size_t n = calls.size();
+void ForwardLocalExperts(const LocalExpertCall* calls, size_t n) {
   // Hidden rows of every call, one after another: call i's at offset[i].
-  std::vector<size_t> offset(n + 1, 0);
+  Scratch<size_t> offsets(n + 1);
+  size_t* const offset = offsets.data();
+  offset[0] = 0;
   int64_t total_rows = 0;
   bool memory_bound = true;
   for (size_t i = 0; i < n; ++i) {
@@ -151,8 +152,13 @@ void ForwardLocalExperts(const std::vector<LocalExpertCall>& calls) {
     memory_bound = memory_bound && calls[i].n_rows <= kMemoryBoundRows;
   }
   Scratch<float> g(offset[n]), u(offset[n]);
-  std::vector<kernels::Activations> acts(2 * n);
-  std::vector<PreparedProduct> gate_up(2 * n), down(n);
+  // Pooled, as every step of a decode runs this once per layer (Activations
+  // from the pool keep their buffers too).
+  Scratch<kernels::Activations> activations(2 * n);
+  Scratch<PreparedProduct> gate_up_products(2 * n), down_products(n);
+  kernels::Activations* const acts = activations.data();
+  PreparedProduct* const gate_up = gate_up_products.data();
+  PreparedProduct* const down = down_products.data();
   auto prepare_gate_up = [&](size_t i) {
     const LocalExpert& e = *calls[i].expert;
     const Product products[] = {{&e.gate(), g.data() + offset[i], e.ffn_dim()}, {&e.up(), u.data() + offset[i], e.ffn_dim()}};
@@ -209,7 +215,8 @@ uint64_t LocalExpert::PackedBytes() const {
 }
 
 absl::Status LocalExpert::Forward(const float* in, int64_t n_rows, float* out) const {
-  ForwardLocalExperts({{this, in, n_rows, out}});
+  const LocalExpertCall call{this, in, n_rows, out};
+  ForwardLocalExperts(&call, 1);
   return absl::OkStatus();
 }
 

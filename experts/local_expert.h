@@ -43,7 +43,7 @@ struct LocalExpertCall {
 // one per thread, as many as divide evenly among the team's threads. The
 // others run as two parallel loops over all their weight rows: gate and up of
 // every expert, then down of every expert, so that they share the cores.
-void ForwardLocalExperts(const std::vector<LocalExpertCall>& calls);
+void ForwardLocalExperts(const LocalExpertCall* calls, size_t n);
 
 // Up to this many activation rows a product streams its weights once for all
 // rows and is bound by memory (see RunProducts in local_expert.cc).

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "base/scratch.h"
+
 namespace micromoe::router {
 
 void RoutingPlan::Group() {
@@ -12,7 +14,8 @@ void RoutingPlan::Group() {
   for (int e = 0; e < n_experts; ++e) group_begin[e + 1] += group_begin[e];
   group_rows.resize(experts.size());
   group_slots.resize(experts.size());
-  std::vector<int32_t> fill(group_begin.begin(), group_begin.end() - 1);
+  Scratch<int32_t> fill(static_cast<size_t>(n_experts));
+  std::copy(group_begin.begin(), group_begin.end() - 1, fill.data());
   for (int r = 0; r < n_rows; ++r) {
     for (int k = 0; k < top_k; ++k) {
       const int slot = r * top_k + k;
@@ -29,7 +32,7 @@ Router::Router(kernels::MatrixView gate, GatingOptions options)
 }
 
 void Router::Route(const float* hidden, int64_t ld, int n_rows, RoutingPlan* plan) {
-  std::vector<float> logits(static_cast<size_t>(n_rows) * options_.n_experts);
+  Scratch<float> logits(static_cast<size_t>(n_rows) * options_.n_experts);
   kernels::MatMul(gate_, hidden, ld, n_rows, logits.data(), options_.n_experts);
   RouteLogits(logits.data(), n_rows, plan);
 }
@@ -42,30 +45,32 @@ void Router::RouteLogits(const float* logits, int n_rows, RoutingPlan* plan) {
   plan->n_experts = n;
   plan->experts.resize(static_cast<size_t>(n_rows) * k);
   plan->weights.resize(static_cast<size_t>(n_rows) * k);
-  std::vector<float> scores(n);
-  std::vector<int32_t> order(n);
+  Scratch<float> scores(static_cast<size_t>(n));
+  Scratch<int32_t> order(static_cast<size_t>(n));
+  float* const score = scores.data();
   for (int r = 0; r < n_rows; ++r) {
     const float* l = logits + static_cast<size_t>(r) * n;
     if (options_.scoring == Scoring::kSigmoid) {
-      for (int e = 0; e < n; ++e) scores[e] = 1.0f / (1.0f + std::exp(-l[e]));
+      for (int e = 0; e < n; ++e) score[e] = 1.0f / (1.0f + std::exp(-l[e]));
     } else if (options_.softmax_after_topk) {
-      std::copy(l, l + n, scores.begin());
+      std::copy(l, l + n, score);
     } else {
       const float mx = *std::max_element(l, l + n);
       float sum = 0;
-      for (int e = 0; e < n; ++e) sum += scores[e] = std::exp(l[e] - mx);
-      for (int e = 0; e < n; ++e) scores[e] /= sum;
+      for (int e = 0; e < n; ++e) sum += score[e] = std::exp(l[e] - mx);
+      for (int e = 0; e < n; ++e) score[e] /= sum;
     }
-    std::iota(order.begin(), order.end(), 0);
+    int32_t* const ids = order.data();
+    std::iota(ids, ids + n, 0);
     // Highest score first; ties go to the lower expert id.
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) {
-      return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+    std::partial_sort(ids, ids + k, ids + n, [&](int a, int b) {
+      return score[a] > score[b] || (score[a] == score[b] && a < b);
     });
     int32_t* ex = &plan->experts[static_cast<size_t>(r) * k];
     float* w = &plan->weights[static_cast<size_t>(r) * k];
     for (int j = 0; j < k; ++j) {
-      ex[j] = order[j];
-      w[j] = scores[order[j]];
+      ex[j] = ids[j];
+      w[j] = score[ids[j]];
     }
     if (options_.scoring == Scoring::kSoftmax && options_.softmax_after_topk) {
       const float mx = w[0];

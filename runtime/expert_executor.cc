@@ -16,14 +16,17 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
                                  const std::vector<const experts::Expert*>& experts, float* out,
                                  ExpertFailurePolicy policy, std::vector<DroppedExpert>* dropped) {
   const size_t n_entries = plan.group_rows.size();
+  // Scratch, not vectors: this runs once per layer of every step.
   Scratch<float> in(n_entries * dim), y(n_entries * dim);
-  std::vector<absl::Status> status(plan.n_experts);
+  Scratch<absl::Status> status(static_cast<size_t>(plan.n_experts));
+  for (int e = 0; e < plan.n_experts; ++e) status.data()[e] = absl::OkStatus();
   auto rows_in = [&](int e) { return in.data() + static_cast<size_t>(plan.group_begin[e]) * dim; };
   auto rows_out = [&](int e) { return y.data() + static_cast<size_t>(plan.group_begin[e]) * dim; };
 
   // Gather each active expert's rows; split them into remote groups and local experts.
   std::map<experts::ExpertGroup*, std::vector<int>> remote;
-  std::vector<int> local;
+  Scratch<int> local(static_cast<size_t>(plan.n_experts));
+  int n_local = 0;
   for (int e = 0; e < plan.n_experts; ++e) {
     const int n = plan.rows_for(e);
     if (n == 0) continue;
@@ -34,7 +37,7 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
     if (experts::ExpertGroup* g = experts[e]->group()) {
       remote[g].push_back(e);
     } else {
-      local.push_back(e);
+      local.data()[n_local++] = e;
     }
   }
 
@@ -49,30 +52,33 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
   // Local experts on this node's weights run together (ForwardLocalExperts);
   // other local implementations run one task each beside them (on this
   // thread, in tg.wait(), while a decode step's WorkerTeam holds the workers).
-  std::vector<experts::LocalExpertCall> together;
+  Scratch<experts::LocalExpertCall> together(static_cast<size_t>(n_local));
+  size_t n_together = 0;
   tbb::task_group tg;
-  for (int e : local) {
+  for (int i = 0; i < n_local; ++i) {
+    const int e = local.data()[i];
     if (const auto* le = dynamic_cast<const experts::LocalExpert*>(experts[e])) {
-      together.push_back({le, rows_in(e), plan.rows_for(e), rows_out(e)});
-      status[e] = absl::OkStatus();
+      together.data()[n_together++] = {le, rows_in(e), plan.rows_for(e), rows_out(e)};
     } else {
-      tg.run([&, e] { status[e] = experts[e]->Forward(rows_in(e), plan.rows_for(e), rows_out(e)); });
+      tg.run([&, e] { status.data()[e] = experts[e]->Forward(rows_in(e), plan.rows_for(e), rows_out(e)); });
     }
   }
-  if (!together.empty()) experts::ForwardLocalExperts(together);
+  if (n_together > 0) experts::ForwardLocalExperts(together.data(), n_together);
   tg.wait();
   for (auto& [call, ids] : remote_calls) {
     const absl::Status s = call.get();
-    for (int e : *ids) status[e] = s;
+    for (int e : *ids) status.data()[e] = s;
   }
 
-  std::vector<bool> lost(plan.n_experts, false);
+  Scratch<bool> lost(static_cast<size_t>(plan.n_experts));
+  std::fill_n(lost.data(), plan.n_experts, false);
   for (int e = 0; e < plan.n_experts; ++e) {
-    if (status[e].ok()) continue;
-    const bool remote_failure = experts[e]->is_remote() && (status[e].code() == absl::StatusCode::kUnavailable ||
-                                                            status[e].code() == absl::StatusCode::kDeadlineExceeded);
+    const absl::Status& st = status.data()[e];
+    if (st.ok()) continue;
+    const bool remote_failure = experts[e]->is_remote() && (st.code() == absl::StatusCode::kUnavailable ||
+                                                            st.code() == absl::StatusCode::kDeadlineExceeded);
     if (policy == ExpertFailurePolicy::kDegrade && remote_failure) {
-      lost[e] = true;
+      lost.data()[e] = true;
       if (dropped) {
         DroppedExpert d{layer, e, {}};
         for (int i = 0; i < plan.rows_for(e); ++i) d.rows.push_back(plan.group_rows[plan.group_begin[e] + i]);
@@ -80,14 +86,14 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
       }
       continue;
     }
-    return absl::Status(remote_failure ? absl::StatusCode::kUnavailable : status[e].code(),
-                        StrCat("layer ", layer, " expert ", e, ": ", status[e].message()));
+    return absl::Status(remote_failure ? absl::StatusCode::kUnavailable : st.code(),
+                        StrCat("layer ", layer, " expert ", e, ": ", st.message()));
   }
 
   // Combine per row in slot order (best expert first); lost experts' weights
   // are left out and the remaining ones renormalised to their original sum.
-  std::vector<int32_t> pos_of_slot(n_entries);
-  for (size_t p = 0; p < n_entries; ++p) pos_of_slot[plan.group_slots[p]] = static_cast<int32_t>(p);
+  Scratch<int32_t> pos_of_slot(n_entries);
+  for (size_t p = 0; p < n_entries; ++p) pos_of_slot.data()[plan.group_slots[p]] = static_cast<int32_t>(p);
   for (int r = 0; r < plan.n_rows; ++r) {
     float* o = out + static_cast<size_t>(r) * dim;
     std::fill_n(o, dim, 0.0f);
@@ -95,14 +101,14 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
     for (int k = 0; k < plan.top_k; ++k) {
       const int slot = r * plan.top_k + k;
       total += plan.weights[slot];
-      if (!lost[plan.experts[slot]]) kept += plan.weights[slot];
+      if (!lost.data()[plan.experts[slot]]) kept += plan.weights[slot];
     }
     const float rescale = kept == total ? 1.0f : (kept > 0 ? total / kept : 0.0f);
     for (int k = 0; k < plan.top_k; ++k) {
       const int slot = r * plan.top_k + k;
-      if (lost[plan.experts[slot]]) continue;
+      if (lost.data()[plan.experts[slot]]) continue;
       const float w = plan.weights[slot] * rescale;
-      const float* ye = y.data() + static_cast<size_t>(pos_of_slot[slot]) * dim;
+      const float* ye = y.data() + static_cast<size_t>(pos_of_slot.data()[slot]) * dim;
       for (int64_t i = 0; i < dim; ++i) o[i] += w * ye[i];
     }
   }

@@ -113,6 +113,9 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
   for (const BatchRow& row : rows) kv_bytes += 2 * sizeof(float) * static_cast<uint64_t>(row.pos + 1) * kvd;
   const float kq_scale = hp.attention_scale != 0 ? hp.attention_scale : 1.0f / std::sqrt(static_cast<float>(hd));
   const int group = hp.n_head / hp.n_head_kv;
+  // A plan from the pool keeps its vectors' capacity from earlier steps.
+  Scratch<router::RoutingPlan> plans(1);
+  router::RoutingPlan& plan = plans.data()[0];
 
   for (int il = 0; il < hp.n_layer; ++il) {
     const LayerWeights& L = model.layers()[il];
@@ -175,17 +178,14 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
 
     RmsNormRows(x.data(), L.ffn_norm, n, d, hp.rms_eps, xn.data());
     if (L.router) {
-      router::RoutingPlan plan;
       L.router->Route(xn.data(), d, n, &plan);
-      std::vector<const experts::Expert*> impls(hp.n_expert);
-      for (int e = 0; e < hp.n_expert; ++e) impls[e] = model.expert(il, e);
-      if (auto s = ExpertExecutor::Run(plan, xn.data(), d, il, impls, ffn_out.data(), options.expert_failure,
+      if (auto s = ExpertExecutor::Run(plan, xn.data(), d, il, model.experts(il), ffn_out.data(), options.expert_failure,
                                        report ? &report->dropped : nullptr);
           !s.ok()) {
         return s;
       }
       if (L.shared_expert) {
-        std::vector<float> shared(x.size()), gate(n);
+        Scratch<float> shared(x.size()), gate(static_cast<size_t>(n));
         if (auto s = L.shared_expert->Forward(xn.data(), n, shared.data()); !s.ok()) return s;
         kernels::MatMul(L.shared_gate, xn.data(), d, n, gate.data(), 1);
         for (int r = 0; r < n; ++r) {
@@ -200,13 +200,13 @@ absl::Status Forward(const Model& model, const std::vector<BatchRow>& rows, KvCa
   }
 
   // Output head for the rows that asked for logits.
-  std::vector<float> heads;
+  Scratch<float> heads(static_cast<size_t>(n) * d);
+  int n_out = 0;
   for (int r = 0; r < n; ++r) {
     if (!rows[r].want_logits) continue;
-    heads.resize(heads.size() + d);
-    RmsNorm(x.data() + static_cast<size_t>(r) * d, model.output_norm().data(), d, hp.rms_eps, heads.data() + heads.size() - d);
+    RmsNorm(x.data() + static_cast<size_t>(r) * d, model.output_norm().data(), d, hp.rms_eps,
+            heads.data() + static_cast<size_t>(n_out++) * d);
   }
-  const int n_out = static_cast<int>(heads.size() / d);
   logits->resize(static_cast<size_t>(n_out) * hp.n_vocab);
   experts::ParallelMatMul(model.output(), heads.data(), d, n_out, logits->data(), hp.n_vocab);
   if (hp.logit_scale != 1.0f) {

@@ -100,6 +100,8 @@ class Model {
   const std::vector<float>& output_norm() const { return output_norm_; }
   // The expert implementation used for (layer, expert); local by default.
   const experts::Expert* expert(int layer, int e) const { return expert_table_[layer][e]; }
+  // All of a layer's, by expert id.
+  const std::vector<const experts::Expert*>& experts(int layer) const { return expert_table_[layer]; }
   // Replaces the implementation of (layer, expert), e.g. with a remote one; not owned.
   void SetExpert(int layer, int e, const experts::Expert* impl) { expert_table_[layer][e] = impl; }
   // Total parameters (elements of all tensors).

@@ -31,24 +31,32 @@ int32_t Sampler::Sample(const float* logits, int n_vocab) {
   if (options_.top_k > 0 && static_cast<size_t>(options_.top_k) < n) n = options_.top_k;
   std::partial_sort(candidates_.begin(), candidates_.begin() + n, candidates_.end(), by_logit);
   // Softmax over the kept candidates at temperature 1 for the nucleus cut.
+  // The weights live in a member, so a step allocates nothing once it has run.
   const float mx = candidates_[0].first;
-  std::vector<double> p(n);
+  weights_.resize(n);
   double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += p[i] = std::exp(static_cast<double>(candidates_[i].first - mx));
+  for (size_t i = 0; i < n; ++i) sum += weights_[i] = std::exp(static_cast<double>(candidates_[i].first - mx));
   if (options_.top_p < 1) {
     double cum = 0;
     for (size_t i = 0; i < n; ++i) {
-      cum += p[i] / sum;
+      cum += weights_[i] / sum;
       if (cum >= options_.top_p) {
         n = i + 1;
         break;
       }
     }
   }
-  std::vector<double> weights(n);
-  for (size_t i = 0; i < n; ++i) weights[i] = std::exp(static_cast<double>(candidates_[i].first - mx) / options_.temperature);
-  std::discrete_distribution<size_t> pick(weights.begin(), weights.end());
-  return candidates_[pick(rng_)].second;
+  // Draw from the kept candidates in proportion to their weights at the
+  // temperature: the first whose running total passes a uniform draw.
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += weights_[i] = std::exp(static_cast<double>(candidates_[i].first - mx) / options_.temperature);
+  const double u = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  double cum = 0;
+  for (size_t i = 0; i + 1 < n; ++i) {
+    cum += weights_[i];
+    if (u < cum) return candidates_[i].second;
+  }
+  return candidates_[n - 1].second;
 }
 
 }  // namespace micromoe::runtime

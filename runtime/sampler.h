@@ -29,6 +29,7 @@ class Sampler {
   SamplingOptions options_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> candidates_;
+  std::vector<double> weights_;
 };
 
 }  // namespace micromoe::runtime

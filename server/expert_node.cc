@@ -160,7 +160,7 @@ class ExpertTable {
       Decode(req.dtype(), x.rows(), in[i].data(), n);
       if (n > 0) calls.push_back({&Local(layer, x.expert()), in[i].data(), x.n_rows(), out[i].data()});
     }
-    experts::ForwardLocalExperts(calls);
+    experts::ForwardLocalExperts(calls.data(), calls.size());
     for (int i = 0; i < req.experts_size(); ++i) {
       Encode(req.dtype(), out[i].data(), out[i].size(), resp->mutable_experts(i)->mutable_rows());
     }
