@@ -39,10 +39,11 @@ struct LocalExpertCall {
   float* out;       // n_rows x dim, overwritten
 };
 
-// Several experts' blocks. On a WorkerTeam (a decode step) whole experts run
-// one per thread, as many as divide evenly among the team's threads. The
-// others run as two parallel loops over all their weight rows: gate and up of
-// every expert, then down of every expert, so that they share the cores.
+// Several experts' blocks. On a WorkerTeam (a decode step), when every call
+// has at most kMemoryBoundRows rows, whole experts run one per thread, as many
+// as divide evenly among the team's threads. The others run as two parallel
+// loops over all their weight rows: gate and up of every expert, then down of
+// every expert, so that they share the cores.
 void ForwardLocalExperts(const LocalExpertCall* calls, size_t n);
 
 // Up to this many activation rows a product streams its weights once for all

@@ -44,6 +44,16 @@ absl::Status ExpertExecutor::Run(const router::RoutingPlan& plan, const float* x
   // Remote calls first, off this thread (they mostly wait on the network), so
   // they overlap the local experts even with one worker thread.
   std::vector<std::pair<std::future<absl::Status>, const std::vector<int>*>> remote_calls;
+  // The remote calls read `in` and write `y`: should the local experts throw,
+  // they are waited for before those buffers go back to the pool.
+  struct WaitForRemoteCalls {
+    decltype(remote_calls)& calls;
+    ~WaitForRemoteCalls() {
+      for (auto& call : calls) {
+        if (call.first.valid()) call.first.wait();
+      }
+    }
+  } wait_for_remote_calls{remote_calls};
   for (auto& [group, ids] : remote) {
     std::vector<experts::ExpertCall> calls;
     for (int e : ids) calls.push_back({e, rows_in(e), plan.rows_for(e), rows_out(e)});
