@@ -545,7 +545,7 @@ void BM_RemoteLayer(benchmark::State& state, bool remote) {
   plan.Group();
   r->SetRemote(remote);
   std::vector<const experts::Expert*> experts;
-  for (int e = 0; e < RemoteSetup::kModelExperts; ++e) experts.push_back(r->model().expert(0, e));
+  for (int e = 0; e < RemoteSetup::kModelExperts; ++e) experts.push_back(r->model().experts(0)[e]);
   const std::vector<float> x = RandomFloats(rows * kDim, 8);
   std::vector<float> out(x.size());
   for (auto _ : state) {

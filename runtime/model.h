@@ -98,9 +98,7 @@ class Model {
   const kernels::MatrixView& token_embd() const { return token_embd_; }
   const kernels::MatrixView& output() const { return output_; }
   const std::vector<float>& output_norm() const { return output_norm_; }
-  // The expert implementation used for (layer, expert); local by default.
-  const experts::Expert* expert(int layer, int e) const { return expert_table_[layer][e]; }
-  // All of a layer's, by expert id.
+  // The expert implementations used for a layer, by expert id; local by default.
   const std::vector<const experts::Expert*>& experts(int layer) const { return expert_table_[layer]; }
   // Replaces the implementation of (layer, expert), e.g. with a remote one; not owned.
   void SetExpert(int layer, int e, const experts::Expert* impl) { expert_table_[layer][e] = impl; }

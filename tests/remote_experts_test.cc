@@ -305,10 +305,10 @@ TEST_F(RemoteExpertsTest, TwoNodesGiveBitIdenticalLogits) {
   auto remote = Install(p);
   ASSERT_TRUE(remote);
   EXPECT_EQ(remote->experts().size(), 8u);
-  EXPECT_TRUE(model_->expert(0, 0)->is_remote());
+  EXPECT_TRUE(model_->experts(0)[0]->is_remote());
   // Experts on one node share one group (one call per node per layer).
-  EXPECT_EQ(model_->expert(0, 0)->group(), model_->expert(1, 1)->group());
-  EXPECT_NE(model_->expert(0, 0)->group(), model_->expert(0, 2)->group());
+  EXPECT_EQ(model_->experts(0)[0]->group(), model_->experts(1)[1]->group());
+  EXPECT_NE(model_->experts(0)[0]->group(), model_->experts(0)[2]->group());
 
   for (int round = 0; round < 3; ++round) {  // the streams are reused
     std::vector<float> logits;
@@ -504,7 +504,7 @@ TEST_F(RemoteExpertsTest, PlacementErrorIsNotFoundNotADroppedExpert) {
   auto remote = Install(p);
   ASSERT_TRUE(remote);
   std::vector<float> in(model_->hparams().n_embd, 0.5f), out(in.size());
-  const absl::Status s = model_->expert(0, 3)->Forward(in.data(), 1, out.data());
+  const absl::Status s = model_->experts(0)[3]->Forward(in.data(), 1, out.data());
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
   EXPECT_NE(std::string(s.message()).find("layer 0 expert 3 is not held"), std::string::npos) << s;
   std::vector<float> logits;
