@@ -358,9 +358,10 @@ int main(int argc, char** argv) {
   quantize->add_option("input", quantize_args.input, "input GGUF model")->required();
   quantize->add_option("output", quantize_args.output, "output GGUF file")->required();
   quantize->add_option("type", quantize_args.type,
-                       "f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q5_k | q6_k. A tensor whose rows the type's blocks "
-                       "do not divide (256 values for the K-quants, 32 for q8_0 / q4_0) is written as q8_0 when the "
-                       "type is a K-quant and its rows are a multiple of 32, else as f16")
+                       "f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | q4_k | q5_k | q6_k. A tensor whose rows "
+                       "the type's blocks do not divide (256 values for the K-quants, 32 for the others) is written "
+                       "as llama.cpp's quantizer writes it: q4_k as q5_0, q5_k as q5_1, q6_k as q8_0 when its rows "
+                       "are a multiple of 32, else as f16")
       ->required();
   quantize->add_option("--experts-type", quantize_args.experts_type, "type of the stacked expert tensors (default: TYPE), e.g. "
                        "q6_k --experts-type q4_k for a Q4_K_M-like mix");

@@ -29,10 +29,11 @@ struct TypeName {
 // matrices are all of the one type.
 constexpr TypeName kTypes[] = {
     {"f32", TensorType::kF32, 0},   {"f16", TensorType::kF16, 1},   {"bf16", TensorType::kBF16, 32},
-    {"q8_0", TensorType::kQ8_0, 7}, {"q4_0", TensorType::kQ4_0, 2}, {"q4_k", TensorType::kQ4_K, 14},
+    {"q8_0", TensorType::kQ8_0, 7}, {"q4_0", TensorType::kQ4_0, 2}, {"q4_1", TensorType::kQ4_1, 3},
+    {"q5_0", TensorType::kQ5_0, 8}, {"q5_1", TensorType::kQ5_1, 9}, {"q4_k", TensorType::kQ4_K, 14},
     {"q5_k", TensorType::kQ5_K, 16}, {"q6_k", TensorType::kQ6_K, 18},
 };
-constexpr const char* kTypeList = "f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k";
+constexpr const char* kTypeList = "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k";
 
 const TypeName* ParseType(const std::string& s) {
   for (const TypeName& t : kTypes) {
@@ -45,18 +46,21 @@ bool EndsWith(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-bool IsKQuant(TensorType t) {
-  return t == TensorType::kQ4_K || t == TensorType::kQ5_K || t == TensorType::kQ6_K;
-}
-
 // The type that rows of `cols` are written in when `wanted` cannot hold them:
-// K-quants (blocks of 256) fall back to Q8_0 (blocks of 32), the closest in
-// quality of the types that fit; anything else, or rows that are not a
-// multiple of 32 either, to F16.
+// a K-quant (blocks of 256) falls back to the 32-element type llama.cpp's
+// quantizer picks for it, so the files match theirs (Q4_K -> Q5_0, Q5_K ->
+// Q5_1, Q6_K -> Q8_0); anything else, or rows that 32 does not divide
+// either, to F16.
 TensorType Fallback(TensorType wanted, uint64_t cols) {
-  const uint32_t q8_block = gguf::FindTypeTraits(static_cast<uint32_t>(TensorType::kQ8_0))->block_elements;
-  if (IsKQuant(wanted) && cols % q8_block == 0) return TensorType::kQ8_0;
-  return TensorType::kF16;
+  TensorType fallback = TensorType::kF16;
+  switch (wanted) {
+    case TensorType::kQ4_K: fallback = TensorType::kQ5_0; break;
+    case TensorType::kQ5_K: fallback = TensorType::kQ5_1; break;
+    case TensorType::kQ6_K: fallback = TensorType::kQ8_0; break;
+    default: break;
+  }
+  if (cols % gguf::FindTypeTraits(static_cast<uint32_t>(fallback))->block_elements != 0) return TensorType::kF16;
+  return fallback;
 }
 
 int Fail(const std::string& msg) {

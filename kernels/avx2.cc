@@ -426,15 +426,22 @@ void SoftmaxF32(float* s, int64_t n, float scale) {
 }  // namespace
 
 const KernelSet* Avx2Kernels() {
-  static const KernelSet set = {"avx2", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
-                                QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
-                                QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
-                                OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
-                                DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
-                                nullptr, nullptr,  // no VNNI: weights stay unpacked
-                                GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, SwiGluF32};
+  // Checked before the table is built: building it runs code compiled for
+  // AVX2, which would fault on a CPU without it.
   const CpuFeatures& f = GetCpuFeatures();
-  return (f.avx2 && f.fma && f.f16c) ? &set : nullptr;
+  if (!(f.avx2 && f.fma && f.f16c)) return nullptr;
+  static const KernelSet set = [] {
+    KernelSet s = {"avx2", DotF32, DotF16F32, DotBf16F32, AxpyF32, F16ToF32, Bf16ToF32, Q8_0ToF32, Q4_0ToF32,
+                   QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
+                   QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
+                   OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
+                   DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
+                   nullptr, nullptr,  // no VNNI: weights stay unpacked
+                   GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, SwiGluF32};
+    SetLegacyDots(s);
+    return s;
+  }();
+  return &set;
 }
 
 }  // namespace micromoe::kernels

@@ -110,6 +110,17 @@ struct KernelSet {
   GemmX16 gemm_q4_K_x16 = nullptr;
   GemmX16 gemm_q5_K_x16 = nullptr;
   GemmX16 gemm_q6_K_x16 = nullptr;
+  // Q4_1 / Q5_0 / Q5_1 weight rows (value d * q + m, d * (q - 16), d * q + m)
+  // against Q8_0 activation rows, with the signatures of dot_q4_0_q8_0 and
+  // dot4_q4_0_q8_0. No packed layout: they reach micromoe mostly as the
+  // fallback llama.cpp's quantizer writes for rows of K-quant files that 256
+  // does not divide (Q4_K -> Q5_0, Q5_K -> Q5_1).
+  float (*dot_q4_1_q8_0)(const void* w, const void* x, int64_t n) = nullptr;
+  float (*dot_q5_0_q8_0)(const void* w, const void* x, int64_t n) = nullptr;
+  float (*dot_q5_1_q8_0)(const void* w, const void* x, int64_t n) = nullptr;
+  void (*dot4_q4_1_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
+  void (*dot4_q5_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
+  void (*dot4_q5_1_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
 };
 
 // Plain C++ reference; always available.

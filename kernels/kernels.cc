@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/packed.h"
@@ -95,6 +96,21 @@ bool IsKQuant(TensorType type) {
   return type == TensorType::kQ4_K || type == TensorType::kQ5_K || type == TensorType::kQ6_K;
 }
 
+template <class Block>
+void LegacyToF32(const void* src, float* dst, int64_t n) {
+  const Block* b = static_cast<const Block*>(src);
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    const float d = Fp16ToFp32(b[i].d);
+    for (int j = 0; j < kQK; ++j) {
+      if constexpr (std::is_same_v<Block, BlockQ5_0>) {
+        dst[i * kQK + j] = d * (StoredQuant(b[i], j) - 16);
+      } else {
+        dst[i * kQK + j] = d * StoredQuant(b[i], j) + Fp16ToFp32(b[i].m);
+      }
+    }
+  }
+}
+
 const KernelSet& Choose() {
   // MICROMOE_KERNELS=scalar|avx2|avx512 caps the choice (for comparisons and debugging).
   const char* cap = std::getenv("MICROMOE_KERNELS");
@@ -114,6 +130,7 @@ bool IsSupportedWeightType(TensorType type) {
   switch (type) {
     case TensorType::kF32: case TensorType::kF16: case TensorType::kBF16:
     case TensorType::kQ8_0: case TensorType::kQ4_0:
+    case TensorType::kQ4_1: case TensorType::kQ5_0: case TensorType::kQ5_1:
     case TensorType::kQ4_K: case TensorType::kQ5_K: case TensorType::kQ6_K:
       return true;
     default:
@@ -136,6 +153,9 @@ void DequantizeRow(TensorType type, const void* src, float* dst, int64_t n, cons
     case TensorType::kQ4_K: Q4_KToF32(src, dst, n); break;
     case TensorType::kQ5_K: Q5_KToF32(src, dst, n); break;
     case TensorType::kQ6_K: Q6_KToF32(src, dst, n); break;
+    case TensorType::kQ4_1: LegacyToF32<BlockQ4_1>(src, dst, n); break;
+    case TensorType::kQ5_0: LegacyToF32<BlockQ5_0>(src, dst, n); break;
+    case TensorType::kQ5_1: LegacyToF32<BlockQ5_1>(src, dst, n); break;
     default: break;  // unreachable: model loading rejects unsupported types
   }
 }
@@ -167,14 +187,17 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
     for (int64_t r = 0; r < n_x; ++r) ks.quantize_q8_K(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
     return;
   }
-  if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0) return;
+  if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0 && weight_type != TensorType::kQ4_1 &&
+      weight_type != TensorType::kQ5_0 && weight_type != TensorType::kQ5_1) {
+    return;
+  }
   const int64_t nb = cols / kQK;
   q8_row_bytes_ = static_cast<uint64_t>(nb) * sizeof(BlockQ8_0);
   q8_.Resize(q8_row_bytes_ * n_x);
   quantized_ = true;
   terms_stride_ = 2 * static_cast<uint64_t>(nb);
   terms_.Resize(terms_stride_ * n_x);
-  const int offset = weight_type == TensorType::kQ8_0 ? 128 : 8;  // see packed.h
+  const int offset = weight_type == TensorType::kQ8_0 ? 128 : 8;  // see packed.h (only packed types read terms)
   for (int64_t r = 0; r < n_x; ++r) {
     ks.quantize_q8_0(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
     const BlockQ8_0* blocks = reinterpret_cast<const BlockQ8_0*>(q8_.data() + r * q8_row_bytes_);
@@ -294,6 +317,9 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
       case TensorType::kQ4_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q4_K_q8_K, ks.dot4_q4_K_q8_K);
       case TensorType::kQ5_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q5_K_q8_K, ks.dot4_q5_K_q8_K);
       case TensorType::kQ6_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q6_K_q8_K, ks.dot4_q6_K_q8_K);
+      case TensorType::kQ4_1: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q4_1_q8_0, ks.dot4_q4_1_q8_0);
+      case TensorType::kQ5_0: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q5_0_q8_0, ks.dot4_q5_0_q8_0);
+      case TensorType::kQ5_1: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q5_1_q8_0, ks.dot4_q5_1_q8_0);
       default: return;  // Prepare quantizes for these types only
     }
   }

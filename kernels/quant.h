@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace micromoe::kernels {
 
@@ -23,6 +24,40 @@ struct BlockQ4_0 {
   uint8_t qs[kQK / 2];    // element j in the low nibble of qs[j], j+16 in the high nibble; value = q - 8
 };
 static_assert(sizeof(BlockQ4_0) == 18);
+
+// The other 32-element types of GGUF files, run as Q8_0 codes (kernels.cc):
+// element j < 16 in the low nibble of qs[j], j + 16 in the high nibble; the
+// Q5 types take bit j of qh (little-endian) as element j's fifth bit.
+struct BlockQ4_1 {
+  uint16_t d, m;  // fp16; value = d * q + m, q in 0..15
+  uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ4_1) == 20);
+
+struct BlockQ5_0 {
+  uint16_t d;  // fp16; value = d * (q - 16), q in 0..31
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5_0) == 22);
+
+struct BlockQ5_1 {
+  uint16_t d, m;  // fp16; value = d * q + m, q in 0..31
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5_1) == 24);
+
+// Element j's stored q of a Q4_1 / Q5_0 / Q5_1 block (0..15 or 0..31).
+template <class Block>
+inline int StoredQuant(const Block& b, int j) {
+  const int nibble = j < kQK / 2 ? b.qs[j] & 0x0F : b.qs[j - kQK / 2] >> 4;
+  if constexpr (std::is_same_v<Block, BlockQ4_1>) {
+    return nibble;
+  } else {
+    return nibble | ((b.qh[j / 8] >> (j % 8)) & 1) << 4;
+  }
+}
 
 struct BlockQ4_K {
   uint16_t d, dmin;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/kernel_set.h"
 #include "kernels/quant.h"
@@ -350,6 +351,63 @@ void QuantizeQ6_K(const float* x, BlockQ6_K* b, int64_t n) {
   }
 }
 
+// Q4_0 / Q5_0: the value of largest magnitude keeps its sign as -8 / -16
+// steps of d; q = nearest(x / d) + 8 / 16, clamped to 15 / 31.
+template <class Block>
+void QuantizeSymmetric(const float* src, Block* b, int64_t n) {
+  constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_0>;
+  constexpr int kHalf = kFifthBit ? 16 : 8;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    const float* x = src + i * kQK;
+    float amax = 0, max = 0;  // max keeps the sign of the largest magnitude
+    for (int j = 0; j < kQK; ++j) {
+      if (std::fabs(x[j]) > amax) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -kHalf;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    b[i].d = Fp32ToFp16(d);
+    uint32_t qh = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      const int lo = std::min(2 * kHalf - 1, static_cast<int>(x[j] * id + (kHalf + 0.5f)));
+      const int hi = std::min(2 * kHalf - 1, static_cast<int>(x[j + kQK / 2] * id + (kHalf + 0.5f)));
+      b[i].qs[j] = static_cast<uint8_t>((lo & 0x0F) | ((hi & 0x0F) << 4));
+      qh |= static_cast<uint32_t>(lo >> 4) << j | static_cast<uint32_t>(hi >> 4) << (j + kQK / 2);
+    }
+    if constexpr (kFifthBit) std::memcpy(b[i].qh, &qh, 4);
+  }
+}
+
+// Q4_1 / Q5_1: the block's range [min, max] in 15 / 31 steps of d from m = min;
+// q = nearest((x - min) / d).
+template <class Block>
+void QuantizeWithOffset(const float* src, Block* b, int64_t n) {
+  constexpr bool kFifthBit = std::is_same_v<Block, BlockQ5_1>;
+  constexpr int kTop = kFifthBit ? 31 : 15;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    const float* x = src + i * kQK;
+    float min = x[0], max = x[0];
+    for (int j = 1; j < kQK; ++j) {
+      min = std::min(min, x[j]);
+      max = std::max(max, x[j]);
+    }
+    const float d = (max - min) / kTop;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    b[i].d = Fp32ToFp16(d);
+    b[i].m = Fp32ToFp16(min);
+    uint32_t qh = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      const int lo = std::min(kTop, static_cast<int>((x[j] - min) * id + 0.5f));
+      const int hi = std::min(kTop, static_cast<int>((x[j + kQK / 2] - min) * id + 0.5f));
+      b[i].qs[j] = static_cast<uint8_t>((lo & 0x0F) | ((hi & 0x0F) << 4));
+      qh |= static_cast<uint32_t>(lo >> 4) << j | static_cast<uint32_t>(hi >> 4) << (j + kQK / 2);
+    }
+    if constexpr (kFifthBit) std::memcpy(b[i].qh, &qh, 4);
+  }
+}
+
 }  // namespace
 
 using gguf::TensorType;
@@ -358,6 +416,7 @@ bool CanQuantizeTo(TensorType type) {
   switch (type) {
     case TensorType::kF32: case TensorType::kF16: case TensorType::kBF16:
     case TensorType::kQ8_0: case TensorType::kQ4_0:
+    case TensorType::kQ4_1: case TensorType::kQ5_0: case TensorType::kQ5_1:
     case TensorType::kQ4_K: case TensorType::kQ5_K: case TensorType::kQ6_K:
       return true;
     default:
@@ -383,28 +442,18 @@ void QuantizeRow(TensorType type, const float* src, void* dst, int64_t n) {
     case TensorType::kQ8_0:
       ScalarKernels().quantize_q8_0(src, dst, n);  // the same rounding as activations get
       break;
-    case TensorType::kQ4_0: {
-      BlockQ4_0* b = static_cast<BlockQ4_0*>(dst);
-      for (int64_t i = 0; i < n / kQK; ++i) {
-        const float* x = src + i * kQK;
-        float amax = 0, max = 0;  // max keeps the sign of the largest magnitude
-        for (int j = 0; j < kQK; ++j) {
-          if (std::fabs(x[j]) > amax) {
-            amax = std::fabs(x[j]);
-            max = x[j];
-          }
-        }
-        const float d = max / -8.0f;
-        const float id = d != 0 ? 1.0f / d : 0.0f;
-        b[i].d = Fp32ToFp16(d);
-        for (int j = 0; j < kQK / 2; ++j) {
-          const uint8_t lo = static_cast<uint8_t>(std::min(15, static_cast<int>(x[j] * id + 8.5f)));
-          const uint8_t hi = static_cast<uint8_t>(std::min(15, static_cast<int>(x[j + kQK / 2] * id + 8.5f)));
-          b[i].qs[j] = lo | (hi << 4);
-        }
-      }
+    case TensorType::kQ4_0:
+      QuantizeSymmetric(src, static_cast<BlockQ4_0*>(dst), n);
       break;
-    }
+    case TensorType::kQ5_0:
+      QuantizeSymmetric(src, static_cast<BlockQ5_0*>(dst), n);
+      break;
+    case TensorType::kQ4_1:
+      QuantizeWithOffset(src, static_cast<BlockQ4_1*>(dst), n);
+      break;
+    case TensorType::kQ5_1:
+      QuantizeWithOffset(src, static_cast<BlockQ5_1*>(dst), n);
+      break;
     case TensorType::kQ4_K:
       QuantizeQ4_K(src, static_cast<BlockQ4_K*>(dst), n);
       break;

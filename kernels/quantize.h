@@ -21,8 +21,8 @@ namespace micromoe::kernels {
 // Whether QuantizeRow can produce `type`.
 bool CanQuantizeTo(gguf::TensorType type);
 
-// Encodes n floats (a multiple of the type's block size: 32 for Q8_0 / Q4_0,
-// 256 for the K-quants) into dst, which must hold n / block_elements *
+// Encodes n floats (a multiple of the type's block size: 256 for the
+// K-quants, 32 for the others) into dst, which must hold n / block_elements *
 // block_bytes bytes. Thread-safe (no shared state).
 void QuantizeRow(gguf::TensorType type, const float* src, void* dst, int64_t n);
 

@@ -338,6 +338,34 @@ void WeightedRowsF32(const float* w, uint64_t ld_w, int n_q, const float* rows, 
   }
 }
 
+// Q4_1 / Q5_0 / Q5_1 against Q8_0: per block, d_w d_x sum(q x) plus the
+// offset's share, m d_x sum(x) (Q5_0: -16 d_w d_x sum(x)).
+template <class Block>
+float DotLegacyQ8_0(const void* w, const void* x, int64_t n) {
+  const Block* a = static_cast<const Block*>(w);
+  const BlockQ8_0* b = static_cast<const BlockQ8_0*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int32_t s = 0, sx = 0;
+    for (int j = 0; j < kQK; ++j) {
+      s += StoredQuant(a[i], j) * b[i].qs[j];
+      sx += b[i].qs[j];
+    }
+    const float dx = Fp16ToFp32(b[i].d);
+    if constexpr (std::is_same_v<Block, BlockQ5_0>) {
+      sum += (s - 16 * sx) * Fp16ToFp32(a[i].d) * dx;
+    } else {
+      sum += s * Fp16ToFp32(a[i].d) * dx + sx * Fp16ToFp32(a[i].m) * dx;
+    }
+  }
+  return sum;
+}
+
+template <float (*kDot)(const void*, const void*, int64_t)>
+void Dot4Q8_0(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
+  for (int i = 0; i < 4; ++i) out[i] = kDot(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
+}
+
 }  // namespace
 
 const KernelSet& ScalarKernels() {
@@ -352,6 +380,12 @@ const KernelSet& ScalarKernels() {
     s.gemm_q4_K_x16 = GemmKQuantX16<gguf::TensorType::kQ4_K, BlockQ4_K, DotQ4_KQ8_K>;
     s.gemm_q5_K_x16 = GemmKQuantX16<gguf::TensorType::kQ5_K, BlockQ5_K, DotQ5_KQ8_K>;
     s.gemm_q6_K_x16 = GemmKQuantX16<gguf::TensorType::kQ6_K, BlockQ6_K, DotQ6_KQ8_K>;
+    s.dot_q4_1_q8_0 = DotLegacyQ8_0<BlockQ4_1>;
+    s.dot_q5_0_q8_0 = DotLegacyQ8_0<BlockQ5_0>;
+    s.dot_q5_1_q8_0 = DotLegacyQ8_0<BlockQ5_1>;
+    s.dot4_q4_1_q8_0 = Dot4Q8_0<DotLegacyQ8_0<BlockQ4_1>>;
+    s.dot4_q5_0_q8_0 = Dot4Q8_0<DotLegacyQ8_0<BlockQ5_0>>;
+    s.dot4_q5_1_q8_0 = Dot4Q8_0<DotLegacyQ8_0<BlockQ5_1>>;
     return s;
   }();
   return set;

@@ -214,29 +214,36 @@ TEST(Cli, QuantizeToKQuantsStaysNearTheSourceAndGenerates) {
   EXPECT_FALSE(gen.out.empty());
 }
 
-TEST(Cli, QuantizeWritesRowsTheKQuantsCannotHoldAsQ8_0OrF16) {
-  tools::TinyModelSpec spec;  // n_embd 64: rows of 64 hold Q8_0 blocks but no K-quant block
+// Rows that 256 does not divide take the 32-element type llama.cpp's
+// quantizer gives them (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0); rows that
+// 32 does not divide either, F16.
+TEST(Cli, QuantizeWritesRowsTheKQuantsCannotHoldAsLlamaCppDoes) {
+  tools::TinyModelSpec spec;  // n_embd 64: rows of 64 hold 32-element blocks but no K-quant block
   spec.n_ff = 80;             // ffn_down rows of 80 hold neither
   const std::string in = WriteModel("kquant_odd_in", spec);
-  const std::string out = ::testing::TempDir() + "/kquant_odd.gguf";
-  const Result r = RunCli("quantize " + in + " " + out + " q4_k");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.err, HasSubstr("note: blk.0.attn_q.weight has rows of 64, not a multiple of 256: written as Q8_0"));
-  EXPECT_THAT(r.err, HasSubstr("note: blk.1.ffn_down_exps.weight has rows of 80, not a multiple of 256: written as F16"));
-  EXPECT_THAT(r.err, ::testing::ContainsRegex("blk.0.attn_q.weight +F32 +-> Q8_0"));
-  const Result inspect = RunCli("inspect " + out);
-  EXPECT_THAT(inspect.out, ::testing::ContainsRegex("blk.0.ffn_up_exps.weight +Q8_0"));
-  EXPECT_THAT(inspect.out, ::testing::ContainsRegex("blk.0.ffn_down_exps.weight +F16"));
-  const Result gen = RunCli("generate -m " + out + " -p 'the license' -n 4 --seed 3");
-  EXPECT_EQ(gen.exit_code, 0) << gen.err;
+  for (const auto& [type, fallback] : {std::pair<std::string, std::string>{"q4_k", "Q5_0"}, {"q5_k", "Q5_1"},
+                                       {"q6_k", "Q8_0"}}) {
+    const std::string out = ::testing::TempDir() + "/kquant_odd_" + type + ".gguf";
+    const Result r = RunCli("quantize " + in + " " + out + " " + type);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("note: blk.0.attn_q.weight has rows of 64, not a multiple of 256: written as " + fallback));
+    EXPECT_THAT(r.err, HasSubstr("note: blk.1.ffn_down_exps.weight has rows of 80, not a multiple of 256: written as F16"));
+    EXPECT_THAT(r.err, ::testing::ContainsRegex("blk.0.attn_q.weight +F32 +-> " + fallback));
+    const Result inspect = RunCli("inspect " + out);
+    EXPECT_THAT(inspect.out, ::testing::ContainsRegex("blk.0.ffn_up_exps.weight +" + fallback));
+    EXPECT_THAT(inspect.out, ::testing::ContainsRegex("blk.0.ffn_down_exps.weight +F16"));
+    const Result gen = RunCli("generate -m " + out + " -p 'the license' -n 4 --seed 3");
+    EXPECT_EQ(gen.exit_code, 0) << gen.err;
+  }
 }
 
 // The trained default model (Q8_0) on its held-out C sample, where the
 // perplexity measures the model rather than noise: measured +0.2% for Q6_K,
-// -0.3% for Q4_K, +0.1% for the Q6_K / Q4_K-experts mix (+1.3% for Q4_0).
+// -0.3% for Q4_K, +0.1% for the Q6_K / Q4_K-experts mix, -0.1% for Q4_1,
+// +0.5% for Q5_0, -0.6% for Q5_1 (+1.3% for Q4_0).
 // The bands leave room for changes in the kernels' rounding; a layout or
 // scale error moves the perplexity by far more.
-TEST(Cli, KQuantsOfTheTrainedModelStayWithinTheirPerplexityBands) {
+TEST(Cli, QuantsOfTheTrainedModelStayWithinTheirPerplexityBands) {
   const std::string source = MICROMOE_SOURCE_DIR "/models/micromoe-tiny-8x256.gguf";
   const std::string text = MICROMOE_SOURCE_DIR "/models/heldout/c.txt";
   if (!std::ifstream(source).good()) GTEST_SKIP() << source << " is not in this checkout";
@@ -247,7 +254,8 @@ TEST(Cli, KQuantsOfTheTrainedModelStayWithinTheirPerplexityBands) {
     double band;
   };
   for (const Case& c : {Case{"q6_k", "trained_q6k", 0.01}, Case{"q4_k", "trained_q4k", 0.02},
-                        Case{"q6_k --experts-type q4_k", "trained_mix", 0.02}}) {
+                        Case{"q6_k --experts-type q4_k", "trained_mix", 0.02}, Case{"q4_1", "trained_q41", 0.02},
+                        Case{"q5_0", "trained_q50", 0.02}, Case{"q5_1", "trained_q51", 0.02}}) {
     const std::string out = ::testing::TempDir() + "/" + c.file + ".gguf";
     const Result r = RunCli("quantize " + source + " " + out + " " + c.args);
     ASSERT_EQ(r.exit_code, 0) << r.err;

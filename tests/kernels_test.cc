@@ -113,6 +113,29 @@ std::vector<float> RefDequantize(TensorType type, const uint8_t* src, int64_t n)
         }
       }
       break;
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1: {
+      // Q4_1: d, m, qs[16] (20 bytes); Q5_0: d, qh[4], qs[16] (22); Q5_1: d,
+      // m, qh[4], qs[16] (24). Element j < 16 is the low nibble of qs[j], j + 16
+      // the high nibble; the Q5 types add bit j of the little-endian qh as 16.
+      const bool has_m = type != TensorType::kQ5_0, has_qh = type != TensorType::kQ4_1;
+      const int block_bytes = type == TensorType::kQ4_1 ? 20 : type == TensorType::kQ5_0 ? 22 : 24;
+      for (int64_t b = 0; b < n / 32; ++b) {
+        const uint8_t* blk = src + b * block_bytes;
+        uint16_t d, m = 0;
+        std::memcpy(&d, blk, 2);
+        if (has_m) std::memcpy(&m, blk + 2, 2);
+        const uint8_t* qh = blk + (has_m ? 4 : 2);
+        const uint8_t* qs = qh + (has_qh ? 4 : 0);
+        for (int j = 0; j < 32; ++j) {
+          int q = j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4;
+          if (has_qh) q += ((qh[j / 8] >> (j % 8)) & 1) * 16;
+          out[b * 32 + j] = has_m ? RefHalf(d) * q + RefHalf(m) : RefHalf(d) * (q - 16);
+        }
+      }
+      break;
+    }
     default:
       ADD_FAILURE() << "no reference for type " << static_cast<int>(type);
   }
@@ -645,6 +668,135 @@ TEST_P(KernelSetTest, QuantizeQ4_0ClampsTheOppositeExtremeToSeven) {
 }
 
 // ---------------------------------------------------------------------------
+// Q4_1, Q5_0, Q5_1: the other 32-element types of GGUF files.
+
+TEST(LegacyQuantTest, BlocksDecodeAsTheLayoutDefines) {
+  // Q5_0, d = 1: qs[j] = j | (15 - j) << 4 and qh with bits 0, 17 and 31 set.
+  BlockQ5_0 q5{};
+  q5.d = 0x3C00;
+  for (int j = 0; j < 16; ++j) q5.qs[j] = static_cast<uint8_t>(j | (15 - j) << 4);
+  const uint32_t qh = 1u | 1u << 17 | 1u << 31;
+  std::memcpy(q5.qh, &qh, 4);
+  std::vector<float> y(32);
+  DequantizeRow(TensorType::kQ5_0, &q5, y.data(), 32);
+  EXPECT_EQ(y[0], 0.0f);     // 0 + 16 - 16
+  EXPECT_EQ(y[1], -15.0f);   // 1 - 16
+  EXPECT_EQ(y[16], -1.0f);   // 15 - 16
+  EXPECT_EQ(y[17], 14.0f);   // 14 + 16 - 16
+  EXPECT_EQ(y[31], 0.0f);    // 0 + 16 - 16
+  EXPECT_EQ(y[30], -15.0f);  // 1 - 16
+  // Q4_1, d = 0.5, m = -1: q = 3 gives 0.5, q = 15 gives 6.5.
+  BlockQ4_1 q4{};
+  q4.d = 0x3800;
+  q4.m = 0xBC00;
+  q4.qs[3] = 0xF3;
+  DequantizeRow(TensorType::kQ4_1, &q4, y.data(), 32);
+  EXPECT_EQ(y[3], 0.5f);
+  EXPECT_EQ(y[19], 6.5f);
+  EXPECT_EQ(y[0], -1.0f);
+  // Q5_1, d = 2, m = 1: element 20 with its fifth bit and nibble 1 is 2 * 17 + 1.
+  BlockQ5_1 q51{};
+  q51.d = 0x4000;
+  q51.m = 0x3C00;
+  q51.qs[4] = 0x10;
+  q51.qh[2] = 0x10;  // bit 20
+  DequantizeRow(TensorType::kQ5_1, &q51, y.data(), 32);
+  EXPECT_EQ(y[20], 35.0f);
+  EXPECT_EQ(y[4], 1.0f);
+}
+
+// Random blocks (every bit pattern; offsets of both signs) of the three types.
+std::vector<uint8_t> RandomLegacyRow(std::mt19937& rng, TensorType type, int64_t blocks) {
+  const gguf::TypeTraits* t = gguf::FindTypeTraits(static_cast<uint32_t>(type));
+  std::vector<uint8_t> row(blocks * t->block_bytes);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (uint8_t& v : row) v = static_cast<uint8_t>(byte(rng));
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* blk = row.data() + b * t->block_bytes;
+    const uint16_t d = RandomScale(rng);
+    std::memcpy(blk, &d, 2);
+    if (type != TensorType::kQ5_0) {
+      const uint16_t m = static_cast<uint16_t>(RandomScale(rng) | (byte(rng) % 2 ? 0x8000 : 0));
+      std::memcpy(blk + 2, &m, 2);
+    }
+  }
+  return row;
+}
+
+TEST_P(KernelSetTest, OffsetTypeDotsMatchTheDequantizedWeights) {
+  const TensorType types[] = {TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1};
+  for (TensorType type : types) {
+    for (int64_t blocks : BlockCounts()) {
+      const std::vector<uint8_t> w = RandomLegacyRow(rng_, type, blocks);
+      const std::vector<float> wd = RefDequantize(type, w.data(), blocks * 32);
+      std::vector<BlockQ8_0> x;
+      for (int r = 0; r < 4; ++r) {
+        const auto row = RandomQ8Blocks(rng_, blocks, -127);
+        x.insert(x.end(), row.begin(), row.end());
+      }
+      float four[4];
+      const auto dot4 = type == TensorType::kQ4_1   ? ks_->dot4_q4_1_q8_0
+                        : type == TensorType::kQ5_0 ? ks_->dot4_q5_0_q8_0
+                                                    : ks_->dot4_q5_1_q8_0;
+      const auto dot = type == TensorType::kQ4_1   ? ks_->dot_q4_1_q8_0
+                       : type == TensorType::kQ5_0 ? ks_->dot_q5_0_q8_0
+                                                   : ks_->dot_q5_1_q8_0;
+      dot4(w.data(), x.data(), blocks * sizeof(BlockQ8_0), blocks * 32, four);
+      for (int r = 0; r < 4; ++r) {
+        double ref = 0, mag = 0;
+        for (int64_t b = 0; b < blocks; ++b) {
+          const BlockQ8_0& xb = x[r * blocks + b];
+          for (int j = 0; j < 32; ++j) {
+            const double t = static_cast<double>(wd[b * 32 + j]) * xb.qs[j] * RefHalf(xb.d);
+            ref += t;
+            mag += std::fabs(t);
+          }
+        }
+        const std::string where = std::string(gguf::TypeName(type)) + " blocks=" + std::to_string(blocks) +
+                                  " r=" + std::to_string(r);
+        EXPECT_NEAR(dot(w.data(), x.data() + r * blocks, blocks * 32), ref, 1e-5 * mag + 1e-12) << where;
+        EXPECT_NEAR(four[r], ref, 1e-5 * mag + 1e-12) << where;
+      }
+    }
+  }
+}
+
+TEST_P(KernelSetTest, QuantizeRoundTripOffsetTypesWithinHalfAStep) {
+  constexpr int64_t n = 32 * 6;
+  std::vector<float> x = RandomFloats(rng_, n, -5.0f, 3.0f);
+  for (int j = 0; j < 32; ++j) x[j] = 0.25f;  // a constant block: d = 0
+  for (TensorType type : {TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1}) {
+    std::vector<uint8_t> q(RowBytes(type, n));
+    std::vector<float> y(n);
+    QuantizeRow(type, x.data(), q.data(), n);
+    DequantizeRow(type, q.data(), y.data(), n, *ks_);
+    EXPECT_EQ(y, RefDequantize(type, q.data(), n)) << gguf::TypeName(type);
+    for (int64_t b = 0; b < n / 32; ++b) {
+      const float* xb = x.data() + b * 32;
+      const double lo = *std::min_element(xb, xb + 32), hi = *std::max_element(xb, xb + 32);
+      double tol;
+      if (type == TensorType::kQ5_0) {
+        // The signed extreme is -16 steps; everything else lies within 16 steps
+        // of zero, so only rounding remains: half a step, plus the scale's
+        // rounding to fp16 times the largest |q|.
+        const double amax = std::max(-lo, hi), d = amax / 16;
+        tol = d / 2 + 16 * std::fabs(std::fabs(RefHalf(q[b * 22] | q[b * 22 + 1] << 8)) - d);
+      } else {
+        const int top = type == TensorType::kQ4_1 ? 15 : 31;
+        const int bytes = type == TensorType::kQ4_1 ? 20 : 24;
+        const double d = (hi - lo) / top;
+        const double d16 = RefHalf(q[b * bytes] | q[b * bytes + 1] << 8), m16 = RefHalf(q[b * bytes + 2] | q[b * bytes + 3] << 8);
+        tol = d / 2 + top * std::fabs(d16 - d) + std::fabs(m16 - lo);
+      }
+      for (int j = 0; j < 32; ++j) {
+        ASSERT_LE(std::fabs(static_cast<double>(y[b * 32 + j]) - xb[j]), tol + 1e-6)
+            << gguf::TypeName(type) << " b=" << b << " j=" << j;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // K-quant super-blocks, built by hand from the GGUF layouts.
 
 // Packs eight 6-bit scales and mins into the 12-byte K4 form: bytes 0..3 hold
@@ -988,7 +1140,8 @@ TEST_P(KernelSetTest, MatMulMatchesDoubleReferenceOnDequantizedWeights) {
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols);
   for (const MatMulCase& c : {MatMulCase{TensorType::kF32, 1e-5}, MatMulCase{TensorType::kF16, 1e-5},
                               MatMulCase{TensorType::kBF16, 1e-5}, MatMulCase{TensorType::kQ8_0, 1e-2},
-                              MatMulCase{TensorType::kQ4_0, 1e-2}}) {
+                              MatMulCase{TensorType::kQ4_0, 1e-2}, MatMulCase{TensorType::kQ4_1, 1e-2},
+                              MatMulCase{TensorType::kQ5_0, 1e-2}, MatMulCase{TensorType::kQ5_1, 1e-2}}) {
     const std::vector<uint8_t> bytes = QuantizeTensor(c.type, w.data(), kRows, kCols);
     MatrixView view;
     view.type = c.type;
@@ -1032,8 +1185,9 @@ bool IsKQuant(TensorType type) {
 
 TEST_P(KernelSetTest, MatMulRowsFillsOnlyItsRangeAndAgreesWithMatMul) {
   constexpr int64_t kRows = 37, kNx = 5;
-  for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0,
-                          TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+  for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
+                          TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ4_K, TensorType::kQ5_K,
+                          TensorType::kQ6_K}) {
     const int64_t cols = IsKQuant(type) ? 3 * 256 : 96;
     const std::vector<float> x = RandomFloats(rng_, kNx * cols);
     // K-quants as random blocks: every bit pattern, not just what the encoder writes.
@@ -1047,7 +1201,7 @@ TEST_P(KernelSetTest, MatMulRowsFillsOnlyItsRangeAndAgreesWithMatMul) {
     Activations act;
     act.Prepare(type, x.data(), cols, kNx, cols, *ks_);
     EXPECT_EQ(act.n_rows(), kNx);
-    EXPECT_EQ(act.quantized(), type == TensorType::kQ8_0 || type == TensorType::kQ4_0 || IsKQuant(type));
+    EXPECT_EQ(act.quantized(), type != TensorType::kF32 && type != TensorType::kF16 && type != TensorType::kBF16);
     std::vector<float> parts(kNx * kRows, kNaN);
     MatMulRows(view, act, parts.data(), kRows, 10, 23, *ks_);
     for (int64_t r = 0; r < kNx; ++r) {
@@ -1552,11 +1706,12 @@ TEST(KernelsTest, AmxSelfCheckRefusesWithoutFaultingWhereTilesAreMissing) {
 }
 
 TEST(KernelsTest, SupportedWeightTypes) {
-  for (TensorType t : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0,
-                       TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+  for (TensorType t : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
+                       TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ4_K, TensorType::kQ5_K,
+                       TensorType::kQ6_K}) {
     EXPECT_TRUE(IsSupportedWeightType(t)) << gguf::TypeName(t);
   }
-  for (TensorType t : {TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ2_K, TensorType::kQ8_K}) {
+  for (TensorType t : {TensorType::kQ8_1, TensorType::kQ2_K, TensorType::kQ3_K, TensorType::kQ8_K}) {
     EXPECT_FALSE(IsSupportedWeightType(t)) << gguf::TypeName(t);
   }
 }
