@@ -91,9 +91,20 @@ std::vector<uint8_t> RandomMatrix(TensorType type, int64_t rows, int64_t cols, u
   std::mt19937 rng(seed);
   for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
   const uint16_t scale = kernels::Fp32ToFp16(0.01f);
+  if (type == TensorType::kIQ4_NL) {
+    for (size_t i = 0; i < bytes.size() / sizeof(kernels::BlockIQ4_NL); ++i) {
+      reinterpret_cast<kernels::BlockIQ4_NL*>(bytes.data())[i].d = scale;
+    }
+    return bytes;
+  }
   const size_t n_blocks = bytes.size() / RowBytes(type, kernels::kQK_K);
   for (size_t i = 0; i < n_blocks; ++i) {
-    if (type == TensorType::kQ4_K) {
+    if (type == TensorType::kQ2_K) {
+      auto* b = reinterpret_cast<kernels::BlockQ2_K*>(bytes.data()) + i;
+      b->d = b->dmin = scale;
+    } else if (type == TensorType::kQ3_K) {
+      reinterpret_cast<kernels::BlockQ3_K*>(bytes.data())[i].d = scale;
+    } else if (type == TensorType::kQ4_K) {
       auto* b = reinterpret_cast<kernels::BlockQ4_K*>(bytes.data()) + i;
       b->d = b->dmin = scale;
     } else if (type == TensorType::kQ5_K) {
@@ -362,9 +373,10 @@ void BM_ParallelMatMul(benchmark::State& state, TensorType type, Bandwidth bandw
   ReportBytes(state, static_cast<double>(w[0].row_bytes * kRows), bandwidth.at(threads), loop);
 }
 
-constexpr TensorType kMatMulTypes[] = {TensorType::kF32,  TensorType::kF16,  TensorType::kBF16,
-                                       TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
-                                       TensorType::kQ5_K, TensorType::kQ6_K};
+constexpr TensorType kMatMulTypes[] = {
+    TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
+    TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL, TensorType::kQ2_K,
+    TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
 
 void BM_Attention(benchmark::State& state, const KernelSet* ks, double bandwidth) {
   constexpr int kHeads = 16, kKvHeads = 4, kHeadDim = 64, kGroup = kHeads / kKvHeads;

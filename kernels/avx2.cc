@@ -438,7 +438,7 @@ const KernelSet* Avx2Kernels() {
                    DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>,
                    nullptr, nullptr,  // no VNNI: weights stay unpacked
                    GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, SwiGluF32};
-    SetLegacyDots(s);
+    SetFileLayoutDots(s);
     return s;
   }();
   return &set;

@@ -877,7 +877,7 @@ const KernelSet* Avx512Kernels() {
                                         GemmKQuantX16Rows<5, 4>>;
     s.gemm_q6_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<6, 1>, GemmKQuantX16Rows<6, 2>, GemmKQuantX16Rows<6, 3>,
                                         GemmKQuantX16Rows<6, 4>>;
-    SetLegacyDots(s);
+    SetFileLayoutDots(s);
 
     if (GetCpuFeatures().avx512bf16) {  // else BF16 weights stay in the file layout
       s.gemm_bf16_x16 =

@@ -92,8 +92,37 @@ void Q6_KToF32(const void* src, float* y, int64_t n) {
   }
 }
 
+// The types whose activations are Q8_K blocks.
 bool IsKQuant(TensorType type) {
-  return type == TensorType::kQ4_K || type == TensorType::kQ5_K || type == TensorType::kQ6_K;
+  return type == TensorType::kQ2_K || type == TensorType::kQ3_K || type == TensorType::kQ4_K ||
+         type == TensorType::kQ5_K || type == TensorType::kQ6_K;
+}
+
+template <class Block>
+void LowKToF32(const void* src, float* dst, int64_t n) {
+  const Block* b = static_cast<const Block*>(src);
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    const float d = Fp16ToFp32(b[i].d);
+    for (int e = 0; e < kQK_K; ++e) {
+      if constexpr (std::is_same_v<Block, BlockQ2_K>) {
+        const uint8_t sc = b[i].scales[e / 16];
+        dst[i * kQK_K + e] = d * (sc & 0x0F) * LowKQuant(b[i], e) - Fp16ToFp32(b[i].dmin) * (sc >> 4);
+      } else {
+        dst[i * kQK_K + e] = d * Q3_KScale(b[i], e / 16) * LowKQuant(b[i], e);
+      }
+    }
+  }
+}
+
+void IQ4_NLToF32(const void* src, float* dst, int64_t n) {
+  const BlockIQ4_NL* b = static_cast<const BlockIQ4_NL*>(src);
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    const float d = Fp16ToFp32(b[i].d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      dst[i * kQK + j] = d * kIQ4NLValues[b[i].qs[j] & 0x0F];
+      dst[i * kQK + j + kQK / 2] = d * kIQ4NLValues[b[i].qs[j] >> 4];
+    }
+  }
 }
 
 template <class Block>
@@ -130,7 +159,8 @@ bool IsSupportedWeightType(TensorType type) {
   switch (type) {
     case TensorType::kF32: case TensorType::kF16: case TensorType::kBF16:
     case TensorType::kQ8_0: case TensorType::kQ4_0:
-    case TensorType::kQ4_1: case TensorType::kQ5_0: case TensorType::kQ5_1:
+    case TensorType::kQ4_1: case TensorType::kQ5_0: case TensorType::kQ5_1: case TensorType::kIQ4_NL:
+    case TensorType::kQ2_K: case TensorType::kQ3_K:
     case TensorType::kQ4_K: case TensorType::kQ5_K: case TensorType::kQ6_K:
       return true;
     default:
@@ -156,6 +186,9 @@ void DequantizeRow(TensorType type, const void* src, float* dst, int64_t n, cons
     case TensorType::kQ4_1: LegacyToF32<BlockQ4_1>(src, dst, n); break;
     case TensorType::kQ5_0: LegacyToF32<BlockQ5_0>(src, dst, n); break;
     case TensorType::kQ5_1: LegacyToF32<BlockQ5_1>(src, dst, n); break;
+    case TensorType::kIQ4_NL: IQ4_NLToF32(src, dst, n); break;
+    case TensorType::kQ2_K: LowKToF32<BlockQ2_K>(src, dst, n); break;
+    case TensorType::kQ3_K: LowKToF32<BlockQ3_K>(src, dst, n); break;
     default: break;  // unreachable: model loading rejects unsupported types
   }
 }
@@ -188,7 +221,7 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
     return;
   }
   if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0 && weight_type != TensorType::kQ4_1 &&
-      weight_type != TensorType::kQ5_0 && weight_type != TensorType::kQ5_1) {
+      weight_type != TensorType::kQ5_0 && weight_type != TensorType::kQ5_1 && weight_type != TensorType::kIQ4_NL) {
     return;
   }
   const int64_t nb = cols / kQK;
@@ -320,6 +353,10 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
       case TensorType::kQ4_1: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q4_1_q8_0, ks.dot4_q4_1_q8_0);
       case TensorType::kQ5_0: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q5_0_q8_0, ks.dot4_q5_0_q8_0);
       case TensorType::kQ5_1: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q5_1_q8_0, ks.dot4_q5_1_q8_0);
+      case TensorType::kIQ4_NL:
+        return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_iq4_nl_q8_0, ks.dot4_iq4_nl_q8_0);
+      case TensorType::kQ2_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q2_K_q8_K, ks.dot4_q2_K_q8_K);
+      case TensorType::kQ3_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q3_K_q8_K, ks.dot4_q3_K_q8_K);
       default: return;  // Prepare quantizes for these types only
     }
   }

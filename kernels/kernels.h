@@ -41,12 +41,13 @@ void DequantizeRow(gguf::TensorType type, const void* src, float* dst, int64_t n
 
 // Activation rows in the form a weight type's dot product reads: F32 rows as
 // given, or rows quantized once so integer dot products run on both sides:
-// to Q8_0 blocks for Q8_0 / Q4_0 weights, to Q8_K blocks for Q4_K / Q5_K /
-// Q6_K weights. For BF16 weights the rows are rounded to BF16 (nearest even),
-// as the BF16 dot-product instructions (AVX512-BF16, AMX-BF16) take them and
-// as llama.cpp does on CPUs, on every back-end, so that results do not
-// depend on the CPU beyond the order of the float sums: f32_row then gives
-// the rounded values and bf16_row their codes. Prepare once per matrix product.
+// to Q8_0 blocks for the 32-element types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+// IQ4_NL), to Q8_K blocks for the K-quants (Q2_K to Q6_K). For BF16 weights
+// the rows are rounded to BF16 (nearest even), as the BF16 dot-product
+// instructions (AVX512-BF16, AMX-BF16) take them and as llama.cpp does on
+// CPUs, on every back-end, so that results do not depend on the CPU beyond
+// the order of the float sums: f32_row then gives the rounded values and
+// bf16_row their codes. Prepare once per matrix product.
 class Activations {
  public:
   // x: n_x rows of `cols` floats with row stride ldx; must outlive this object.

@@ -48,6 +48,14 @@ struct BlockQ5_1 {
 };
 static_assert(sizeof(BlockQ5_1) == 24);
 
+// IQ4_NL: value = d * kIQ4NLValues[q], q the nibble of element j as in Q4_0.
+struct BlockIQ4_NL {
+  uint16_t d;
+  uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockIQ4_NL) == 18);
+constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
 // Element j's stored q of a Q4_1 / Q5_0 / Q5_1 block (0..15 or 0..31).
 template <class Block>
 inline int StoredQuant(const Block& b, int j) {
@@ -56,6 +64,47 @@ inline int StoredQuant(const Block& b, int j) {
     return nibble;
   } else {
     return nibble | ((b.qh[j / 8] >> (j % 8)) & 1) << 4;
+  }
+}
+
+// Q2_K and Q3_K: 16 sub-blocks of 16. Element e = 128h + 32j + 16g + l (h in
+// 0..1, j in 0..3, g in 0..1, l in 0..15) has its 2 low bits at bits 2j, 2j +
+// 1 of qs[32h + 16g + l] and belongs to sub-block 8h + 2j + g.
+//   Q2_K: value = d * (scales[s] & 15) * q - dmin * (scales[s] >> 4).
+//   Q3_K: value = d * (scale_s - 32) * (q - 4 (hmask[16g + l] bit 4h + j clear) or q (set)),
+//     with scale_s 6 bits: Q3_KScale.
+struct BlockQ2_K {
+  uint8_t scales[kQK_K / 16];
+  uint8_t qs[kQK_K / 4];
+  uint16_t d, dmin;
+};
+static_assert(sizeof(BlockQ2_K) == 84);
+
+struct BlockQ3_K {
+  uint8_t hmask[kQK_K / 8];
+  uint8_t qs[kQK_K / 4];
+  uint8_t scales[12];
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ3_K) == 110);
+
+// Sub-block s's signed scale (scale_s - 32): its low 4 bits are the low
+// (s < 8) or high (s >= 8) nibble of scales[s % 8], its top 2 bits bits
+// 2 (s / 4), + 1 of scales[8 + s % 4].
+inline int Q3_KScale(const BlockQ3_K& b, int s) {
+  const int low = s < 8 ? b.scales[s] & 0x0F : b.scales[s - 8] >> 4;
+  return (low | ((b.scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) - 32;
+}
+
+// Element e's quant of a Q2_K / Q3_K block (Q3_K: with its third bit, -4..3).
+template <class Block>
+inline int LowKQuant(const Block& b, int e) {
+  const int h = e / 128, j = e % 128 / 32, g = e % 32 / 16, l = e % 16;
+  const int q = (b.qs[32 * h + 16 * g + l] >> (2 * j)) & 3;
+  if constexpr (std::is_same_v<Block, BlockQ3_K>) {
+    return (b.hmask[16 * g + l] >> (4 * h + j)) & 1 ? q : q - 4;
+  } else {
+    return q;
   }
 }
 

@@ -90,20 +90,26 @@ float DotQ8_0Q8_0(const void* w, const void* x, int64_t n) {
   return sum;
 }
 
-float DotQ4_0Q8_0(const void* w, const void* x, int64_t n) {
+// Q4_0 and IQ4_NL (one block layout) against Q8_0: nibble q stands for kValue(q).
+int Q4_0Value(int q) { return q - 8; }
+int IQ4_NLValue(int q) { return kIQ4NLValues[q]; }
+
+template <int (*kValue)(int)>
+float DotNibblesQ8_0(const void* w, const void* x, int64_t n) {
   const BlockQ4_0* a = static_cast<const BlockQ4_0*>(w);
   const BlockQ8_0* b = static_cast<const BlockQ8_0*>(x);
   float sum = 0;
   for (int64_t i = 0; i < n / kQK; ++i) {
     int32_t s = 0;
     for (int j = 0; j < kQK / 2; ++j) {
-      s += ((a[i].qs[j] & 0x0F) - 8) * b[i].qs[j];
-      s += ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + kQK / 2];
+      s += kValue(a[i].qs[j] & 0x0F) * b[i].qs[j];
+      s += kValue(a[i].qs[j] >> 4) * b[i].qs[j + kQK / 2];
     }
     sum += s * Fp16ToFp32(a[i].d) * Fp16ToFp32(b[i].d);
   }
   return sum;
 }
+constexpr auto DotQ4_0Q8_0 = DotNibblesQ8_0<Q4_0Value>;
 
 void Dot4Q8_0Q8_0(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
   for (int i = 0; i < 4; ++i) out[i] = DotQ8_0Q8_0(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
@@ -217,6 +223,32 @@ float DotQ6_KQ8_K(const void* w, const void* x, int64_t n) {
       }
     }
     sum += b[i].d * Fp16ToFp32(a[i].d) * static_cast<float>(scaled);
+  }
+  return sum;
+}
+
+// Q2_K / Q3_K against Q8_K (quant.h): per sub-block s, the integer dot of its
+// quants with the codes times its scale; Q2_K's mins from the bsums.
+template <class Block>
+float DotLowKQ8_K(const void* w, const void* x, int64_t n) {
+  constexpr bool kQ2 = std::is_same_v<Block, BlockQ2_K>;
+  const Block* a = static_cast<const Block*>(w);
+  const BlockQ8_K* b = static_cast<const BlockQ8_K*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    int32_t scaled = 0, mins = 0;
+    for (int s = 0; s < kQK_K / 16; ++s) {
+      int32_t qx = 0;
+      for (int e = 16 * s; e < 16 * s + 16; ++e) qx += LowKQuant(a[i], e) * b[i].qs[e];
+      if constexpr (kQ2) {
+        scaled += (a[i].scales[s] & 0x0F) * qx;
+        mins += (a[i].scales[s] >> 4) * b[i].bsums[s];
+      } else {
+        scaled += Q3_KScale(a[i], s) * qx;
+      }
+    }
+    sum += b[i].d * Fp16ToFp32(a[i].d) * static_cast<float>(scaled);
+    if constexpr (kQ2) sum -= b[i].d * Fp16ToFp32(a[i].dmin) * static_cast<float>(mins);
   }
   return sum;
 }
@@ -361,11 +393,6 @@ float DotLegacyQ8_0(const void* w, const void* x, int64_t n) {
   return sum;
 }
 
-template <float (*kDot)(const void*, const void*, int64_t)>
-void Dot4Q8_0(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
-  for (int i = 0; i < 4; ++i) out[i] = kDot(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
-}
-
 }  // namespace
 
 const KernelSet& ScalarKernels() {
@@ -383,9 +410,15 @@ const KernelSet& ScalarKernels() {
     s.dot_q4_1_q8_0 = DotLegacyQ8_0<BlockQ4_1>;
     s.dot_q5_0_q8_0 = DotLegacyQ8_0<BlockQ5_0>;
     s.dot_q5_1_q8_0 = DotLegacyQ8_0<BlockQ5_1>;
-    s.dot4_q4_1_q8_0 = Dot4Q8_0<DotLegacyQ8_0<BlockQ4_1>>;
-    s.dot4_q5_0_q8_0 = Dot4Q8_0<DotLegacyQ8_0<BlockQ5_0>>;
-    s.dot4_q5_1_q8_0 = Dot4Q8_0<DotLegacyQ8_0<BlockQ5_1>>;
+    s.dot4_q4_1_q8_0 = Dot4<DotLegacyQ8_0<BlockQ4_1>>;
+    s.dot4_q5_0_q8_0 = Dot4<DotLegacyQ8_0<BlockQ5_0>>;
+    s.dot4_q5_1_q8_0 = Dot4<DotLegacyQ8_0<BlockQ5_1>>;
+    s.dot_iq4_nl_q8_0 = DotNibblesQ8_0<IQ4_NLValue>;
+    s.dot_q2_K_q8_K = DotLowKQ8_K<BlockQ2_K>;
+    s.dot_q3_K_q8_K = DotLowKQ8_K<BlockQ3_K>;
+    s.dot4_iq4_nl_q8_0 = Dot4<DotNibblesQ8_0<IQ4_NLValue>>;
+    s.dot4_q2_K_q8_K = Dot4<DotLowKQ8_K<BlockQ2_K>>;
+    s.dot4_q3_K_q8_K = Dot4<DotLowKQ8_K<BlockQ3_K>>;
     return s;
   }();
   return set;

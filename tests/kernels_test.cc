@@ -136,6 +136,56 @@ std::vector<float> RefDequantize(TensorType type, const uint8_t* src, int64_t n)
       }
       break;
     }
+    case TensorType::kIQ4_NL: {
+      static const int kValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+      for (int64_t b = 0; b < n / 32; ++b) {
+        const uint8_t* blk = src + b * 18;
+        uint16_t d;
+        std::memcpy(&d, blk, 2);
+        for (int j = 0; j < 16; ++j) {
+          out[b * 32 + j] = RefHalf(d) * kValues[blk[2 + j] & 0x0F];
+          out[b * 32 + j + 16] = RefHalf(d) * kValues[blk[2 + j] >> 4];
+        }
+      }
+      break;
+    }
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
+      // Q2_K (84 bytes): scales[16], qs[64], d, dmin. Q3_K (110): hmask[32],
+      // qs[64], scales[12], d. In each half h of 128 and each j < 4, the 32
+      // elements 128h + 32j + i (i < 32) take bits 2j, 2j + 1 of qs[32h + i]
+      // and the scales of sub-blocks 8h + 2j + i / 16; Q3_K subtracts 4 unless
+      // bit 4h + j of hmask[i] is set.
+      for (int64_t b = 0; b < n / 256; ++b) {
+        const bool q3 = type == TensorType::kQ3_K;
+        const uint8_t* blk = src + b * (q3 ? 110 : 84);
+        const uint8_t* qs = blk + (q3 ? 32 : 16);
+        uint16_t d, dmin = 0;
+        std::memcpy(&d, blk + (q3 ? 108 : 80), 2);
+        if (!q3) std::memcpy(&dmin, blk + 82, 2);
+        for (int h = 0; h < 2; ++h) {
+          for (int j = 0; j < 4; ++j) {
+            for (int i = 0; i < 32; ++i) {
+              const int sub = 8 * h + 2 * j + i / 16;
+              int q = (qs[32 * h + i] >> (2 * j)) & 3;
+              float v;
+              if (q3) {
+                if (!((blk[i] >> (4 * h + j)) & 1)) q -= 4;
+                // 6-bit scale: low nibble of byte sub % 8 (high for sub >= 8)
+                // of scales (at 96), top 2 bits from byte 8 + sub % 4.
+                const uint8_t* sc = blk + 96;
+                const int low = sub < 8 ? sc[sub] & 0x0F : sc[sub - 8] >> 4;
+                const int scale = (low | (((sc[8 + sub % 4] >> (2 * (sub / 4))) & 3) << 4)) - 32;
+                v = RefHalf(d) * scale * q;
+              } else {
+                v = RefHalf(d) * (blk[sub] & 0x0F) * q - RefHalf(dmin) * (blk[sub] >> 4);
+              }
+              out[b * 256 + 128 * h + 32 * j + i] = v;
+            }
+          }
+        }
+      }
+      break;
     default:
       ADD_FAILURE() << "no reference for type " << static_cast<int>(type);
   }
@@ -705,7 +755,8 @@ TEST(LegacyQuantTest, BlocksDecodeAsTheLayoutDefines) {
   EXPECT_EQ(y[4], 1.0f);
 }
 
-// Random blocks (every bit pattern; offsets of both signs) of the three types.
+// Random blocks (every bit pattern; offsets of both signs) of a 32-element
+// type with its fp16 scale first (and Q4_1 / Q5_1's offset second).
 std::vector<uint8_t> RandomLegacyRow(std::mt19937& rng, TensorType type, int64_t blocks) {
   const gguf::TypeTraits* t = gguf::FindTypeTraits(static_cast<uint32_t>(type));
   std::vector<uint8_t> row(blocks * t->block_bytes);
@@ -715,7 +766,7 @@ std::vector<uint8_t> RandomLegacyRow(std::mt19937& rng, TensorType type, int64_t
     uint8_t* blk = row.data() + b * t->block_bytes;
     const uint16_t d = RandomScale(rng);
     std::memcpy(blk, &d, 2);
-    if (type != TensorType::kQ5_0) {
+    if (type == TensorType::kQ4_1 || type == TensorType::kQ5_1) {
       const uint16_t m = static_cast<uint16_t>(RandomScale(rng) | (byte(rng) % 2 ? 0x8000 : 0));
       std::memcpy(blk + 2, &m, 2);
     }
@@ -723,8 +774,8 @@ std::vector<uint8_t> RandomLegacyRow(std::mt19937& rng, TensorType type, int64_t
   return row;
 }
 
-TEST_P(KernelSetTest, OffsetTypeDotsMatchTheDequantizedWeights) {
-  const TensorType types[] = {TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1};
+TEST_P(KernelSetTest, OtherThirtyTwoElementTypeDotsMatchTheDequantizedWeights) {
+  const TensorType types[] = {TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL};
   for (TensorType type : types) {
     for (int64_t blocks : BlockCounts()) {
       const std::vector<uint8_t> w = RandomLegacyRow(rng_, type, blocks);
@@ -737,10 +788,12 @@ TEST_P(KernelSetTest, OffsetTypeDotsMatchTheDequantizedWeights) {
       float four[4];
       const auto dot4 = type == TensorType::kQ4_1   ? ks_->dot4_q4_1_q8_0
                         : type == TensorType::kQ5_0 ? ks_->dot4_q5_0_q8_0
-                                                    : ks_->dot4_q5_1_q8_0;
+                        : type == TensorType::kQ5_1 ? ks_->dot4_q5_1_q8_0
+                                                    : ks_->dot4_iq4_nl_q8_0;
       const auto dot = type == TensorType::kQ4_1   ? ks_->dot_q4_1_q8_0
                        : type == TensorType::kQ5_0 ? ks_->dot_q5_0_q8_0
-                                                   : ks_->dot_q5_1_q8_0;
+                       : type == TensorType::kQ5_1 ? ks_->dot_q5_1_q8_0
+                                                   : ks_->dot_iq4_nl_q8_0;
       dot4(w.data(), x.data(), blocks * sizeof(BlockQ8_0), blocks * 32, four);
       for (int r = 0; r < 4; ++r) {
         double ref = 0, mag = 0;
@@ -1022,6 +1075,11 @@ std::vector<uint8_t> RandomKQuantRows(std::mt19937& rng, TensorType type, int64_
     uint8_t* blk = bytes.data() + i * block_bytes;
     if (type == TensorType::kQ6_K) {
       reinterpret_cast<BlockQ6_K*>(blk)->d = RandomNormalHalf(rng);
+    } else if (type == TensorType::kQ3_K) {
+      reinterpret_cast<BlockQ3_K*>(blk)->d = RandomNormalHalf(rng);
+    } else if (type == TensorType::kQ2_K) {
+      reinterpret_cast<BlockQ2_K*>(blk)->d = RandomNormalHalf(rng);
+      reinterpret_cast<BlockQ2_K*>(blk)->dmin = RandomNormalHalf(rng);
     } else {
       // d and dmin lead both Q4_K and Q5_K blocks.
       const uint16_t d = RandomNormalHalf(rng), dmin = RandomNormalHalf(rng);
@@ -1056,6 +1114,8 @@ struct KQuantDot {
   void (*KernelSet::*dot4)(const void*, const void*, uint64_t, int64_t, float*);
 };
 constexpr KQuantDot kKQuantDots[] = {
+    {TensorType::kQ2_K, &KernelSet::dot_q2_K_q8_K, &KernelSet::dot4_q2_K_q8_K},
+    {TensorType::kQ3_K, &KernelSet::dot_q3_K_q8_K, &KernelSet::dot4_q3_K_q8_K},
     {TensorType::kQ4_K, &KernelSet::dot_q4_K_q8_K, &KernelSet::dot4_q4_K_q8_K},
     {TensorType::kQ5_K, &KernelSet::dot_q5_K_q8_K, &KernelSet::dot4_q5_K_q8_K},
     {TensorType::kQ6_K, &KernelSet::dot_q6_K_q8_K, &KernelSet::dot4_q6_K_q8_K},
@@ -1075,6 +1135,54 @@ void DequantizedDot(TensorType type, const uint8_t* w, const BlockQ8_K* x, int64
   }
 }
 
+TEST(LowBitKQuantTest, Q3_KScalesAndThirdBitsFollowTheLayout) {
+  BlockQ3_K b{};
+  b.d = 0x3C00;  // 1
+  // Sub-block 13: low nibble in the high half of scales[5], top bits at bits
+  // 6-7 of scales[9]: 0b10'0111 = 39, so its scale is 7.
+  b.scales[5] = 0x70;
+  b.scales[9] = 0x80;
+  // Element 200 = 128 + 32 * 2 + 8 (h 1, j 2, g 0, l 8): sub-block 8 + 4 = 12;
+  // element 216 (g 1): sub-block 13. Its quant 2 at bits 4-5 of qs[32 + 16 + 8],
+  // its third bit (set) at bit 6 of hmask[16 + 8].
+  b.qs[56] = 2 << 4;
+  b.hmask[24] = 1 << 6;
+  std::vector<float> y(256);
+  DequantizeRow(TensorType::kQ3_K, &b, y.data(), 256);
+  EXPECT_EQ(y[216], 7.0f * 2);
+  // The other elements of sub-block 13 have quant 0 and no third bit: -4.
+  EXPECT_EQ(y[217], 7.0f * -4);
+  // Sub-block 0's scale is -32 (all bits clear); element 0: quant -4.
+  EXPECT_EQ(y[0], -32.0f * -4);
+}
+
+TEST(LowBitKQuantTest, Q2_KScalesAndMinsFollowTheLayout) {
+  BlockQ2_K b{};
+  b.d = 0x3C00;     // 1
+  b.dmin = 0x3800;  // 0.5
+  b.scales[13] = 0x35;  // scale 5, min 3
+  b.qs[56] = 3 << 4;    // element 216: quant 3 (as in the Q3_K test)
+  std::vector<float> y(256);
+  DequantizeRow(TensorType::kQ2_K, &b, y.data(), 256);
+  EXPECT_EQ(y[216], 5.0f * 3 - 0.5f * 3);
+  EXPECT_EQ(y[217], -0.5f * 3);
+  EXPECT_EQ(y[0], 0.0f);
+}
+
+TEST(LowBitKQuantTest, RandomBlocksDecodeAsTheReference) {
+  std::mt19937 rng(7);
+  for (TensorType type : {TensorType::kQ2_K, TensorType::kQ3_K}) {
+    const std::vector<uint8_t> w = RandomKQuantRows(rng, type, 1, 5);
+    std::vector<float> y(5 * 256);
+    DequantizeRow(type, w.data(), y.data(), 5 * 256);
+    EXPECT_EQ(y, RefDequantize(type, w.data(), 5 * 256)) << gguf::TypeName(type);
+  }
+  const std::vector<uint8_t> w = RandomLegacyRow(rng, TensorType::kIQ4_NL, 7);
+  std::vector<float> y(7 * 32);
+  DequantizeRow(TensorType::kIQ4_NL, w.data(), y.data(), 7 * 32);
+  EXPECT_EQ(y, RefDequantize(TensorType::kIQ4_NL, w.data(), 7 * 32));
+}
+
 TEST_P(KernelSetTest, KQuantDotsMatchTheScalarReferenceAndTheDequantizedWeights) {
   constexpr int kRows = 3;
   for (const KQuantDot& k : kKQuantDots) {
@@ -1089,6 +1197,8 @@ TEST_P(KernelSetTest, KQuantDotsMatchTheScalarReferenceAndTheDequantizedWeights)
           std::memset(b->ql, 0xFF, sizeof(b->ql));
           std::memset(b->qh, 0xFF, sizeof(b->qh));
           std::fill(std::begin(b->scales), std::end(b->scales), int8_t{-128});
+        } else if (k.type == TensorType::kQ2_K || k.type == TensorType::kQ3_K) {  // d (and dmin) at the end
+          std::memset(w.data(), k.type == TensorType::kQ2_K ? 0xFF : 0x00, RowBytes(k.type, 256) - 4);
         } else {  // d and dmin lead
           std::memset(w.data() + 4, 0xFF, RowBytes(k.type, 256) - 4);
         }
@@ -1180,20 +1290,27 @@ TEST_P(KernelSetTest, MatMulMatchesDoubleReferenceOnDequantizedWeights) {
 }
 
 bool IsKQuant(TensorType type) {
-  return type == TensorType::kQ4_K || type == TensorType::kQ5_K || type == TensorType::kQ6_K;
+  return type == TensorType::kQ2_K || type == TensorType::kQ3_K || type == TensorType::kQ4_K ||
+         type == TensorType::kQ5_K || type == TensorType::kQ6_K;
 }
 
 TEST_P(KernelSetTest, MatMulRowsFillsOnlyItsRangeAndAgreesWithMatMul) {
   constexpr int64_t kRows = 37, kNx = 5;
   for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
-                          TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ4_K, TensorType::kQ5_K,
-                          TensorType::kQ6_K}) {
+                          TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL, TensorType::kQ2_K,
+                          TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     const int64_t cols = IsKQuant(type) ? 3 * 256 : 96;
     const std::vector<float> x = RandomFloats(rng_, kNx * cols);
-    // K-quants as random blocks: every bit pattern, not just what the encoder writes.
-    const std::vector<uint8_t> bytes =
-        IsKQuant(type) ? RandomKQuantRows(rng_, type, kRows, cols / 256)
-                       : QuantizeTensor(type, RandomFloats(rng_, kRows * cols).data(), kRows, cols);
+    // K-quants and IQ4_NL (no encoder) as random blocks: every bit pattern,
+    // not just what an encoder writes.
+    std::vector<uint8_t> bytes;
+    if (IsKQuant(type)) {
+      bytes = RandomKQuantRows(rng_, type, kRows, cols / 256);
+    } else if (type == TensorType::kIQ4_NL) {
+      bytes = RandomLegacyRow(rng_, type, kRows * cols / 32);
+    } else {
+      bytes = QuantizeTensor(type, RandomFloats(rng_, kRows * cols).data(), kRows, cols);
+    }
     MatrixView view{type, bytes.data(), kRows, cols, RowBytes(type, cols)};
     std::vector<float> whole(kNx * kRows);
     MatMul(view, x.data(), cols, kNx, whole.data(), kRows, *ks_);
@@ -1707,11 +1824,11 @@ TEST(KernelsTest, AmxSelfCheckRefusesWithoutFaultingWhereTilesAreMissing) {
 
 TEST(KernelsTest, SupportedWeightTypes) {
   for (TensorType t : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
-                       TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ4_K, TensorType::kQ5_K,
-                       TensorType::kQ6_K}) {
+                       TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL, TensorType::kQ2_K,
+                       TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     EXPECT_TRUE(IsSupportedWeightType(t)) << gguf::TypeName(t);
   }
-  for (TensorType t : {TensorType::kQ8_1, TensorType::kQ2_K, TensorType::kQ3_K, TensorType::kQ8_K}) {
+  for (TensorType t : {TensorType::kQ8_1, TensorType::kQ8_K}) {
     EXPECT_FALSE(IsSupportedWeightType(t)) << gguf::TypeName(t);
   }
 }

@@ -28,7 +28,8 @@ float HalfToFloat(uint16_t h) {
   return static_cast<float>(sign ? -v : v);
 }
 
-// Decodes a whole tensor to floats from its GGUF bytes (F32, F16, BF16, Q8_0, Q4_0).
+// Decodes a whole tensor to floats from its GGUF bytes (F32, F16, BF16, Q8_0,
+// Q4_0, Q4_1, Q5_0, Q5_1).
 std::vector<double> Decode(const gguf::TensorInfo& t) {
   std::vector<double> out(t.n_elements);
   const uint8_t* p = t.data;
@@ -75,6 +76,27 @@ std::vector<double> Decode(const gguf::TensorInfo& t) {
         }
       }
       break;
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1: {
+      // [d][m (Q4_1, Q5_1)][qh: 4 bytes, bit j = element j's 16 (Q5_*)][qs: 16 nibble pairs]
+      const bool has_m = t.type != TensorType::kQ5_0, has_qh = t.type != TensorType::kQ4_1;
+      const size_t bytes = 18 + (has_m ? 2 : 0) + (has_qh ? 4 : 0);
+      for (uint64_t b = 0; b < t.n_elements / 32; ++b) {
+        const uint8_t* blk = p + bytes * b;
+        uint16_t d, m = 0;
+        uint32_t qh = 0;
+        std::memcpy(&d, blk, 2);
+        if (has_m) std::memcpy(&m, blk + 2, 2);
+        if (has_qh) std::memcpy(&qh, blk + (has_m ? 4 : 2), 4);
+        const uint8_t* qs = blk + bytes - 16;
+        for (int j = 0; j < 32; ++j) {
+          const int q = (j < 16 ? qs[j] & 15 : qs[j - 16] >> 4) + 16 * ((qh >> j) & 1);
+          out[b * 32 + j] = has_m ? HalfToFloat(d) * q + HalfToFloat(m) : HalfToFloat(d) * (q - 16);
+        }
+      }
+      break;
+    }
     default:
       ADD_FAILURE() << "reference cannot decode type " << static_cast<int>(t.type);
   }
@@ -292,7 +314,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"moe_bf16", Spec(4, TensorType::kBF16), 0.02},
                       // Q8_0 / Q4_0 round activations to 8 bits inside the products.
                       Case{"moe_q8_0", Spec(4, TensorType::kQ8_0), 0.05},
-                      Case{"moe_q4_0", Spec(4, TensorType::kQ4_0), 0.05}),
+                      Case{"moe_q4_0", Spec(4, TensorType::kQ4_0), 0.05},
+                      Case{"moe_q4_1", Spec(4, TensorType::kQ4_1), 0.05},
+                      Case{"moe_q5_0", Spec(4, TensorType::kQ5_0), 0.05},
+                      Case{"moe_q5_1", Spec(4, TensorType::kQ5_1), 0.05}),
     [](const auto& info) { return info.param.name; });
 
 TEST(ForwardBatching, TwoSequencesInOneBatchEqualEachAlone) {
