@@ -104,6 +104,8 @@ std::vector<uint8_t> RandomMatrix(TensorType type, int64_t rows, int64_t cols, u
       b->d = b->dmin = scale;
     } else if (type == TensorType::kQ3_K) {
       reinterpret_cast<kernels::BlockQ3_K*>(bytes.data())[i].d = scale;
+    } else if (type == TensorType::kIQ4_XS) {
+      reinterpret_cast<kernels::BlockIQ4_XS*>(bytes.data())[i].d = scale;
     } else if (type == TensorType::kQ4_K) {
       auto* b = reinterpret_cast<kernels::BlockQ4_K*>(bytes.data()) + i;
       b->d = b->dmin = scale;
@@ -376,7 +378,7 @@ void BM_ParallelMatMul(benchmark::State& state, TensorType type, Bandwidth bandw
 constexpr TensorType kMatMulTypes[] = {
     TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
     TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL, TensorType::kQ2_K,
-    TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
+    TensorType::kQ3_K, TensorType::kIQ4_XS, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
 
 void BM_Attention(benchmark::State& state, const KernelSet* ks, double bandwidth) {
   constexpr int kHeads = 16, kKvHeads = 4, kHeadDim = 64, kGroup = kHeads / kKvHeads;

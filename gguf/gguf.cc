@@ -356,6 +356,10 @@ absl::Status File::Parse() {
     if (!type.ok()) return type.status();
     const TypeTraits* traits = FindTypeTraits(*type);
     if (traits == nullptr) {
+      const std::string_view name = UnreadableTypeName(*type);
+      if (!name.empty()) {
+        return absl::InvalidArgumentError(StrCat(what, ": tensor type ", name, " (", *type, ") is not supported"));
+      }
       return absl::InvalidArgumentError(StrCat(what, ": unknown tensor type ", *type));
     }
     info.type = static_cast<TensorType>(*type);

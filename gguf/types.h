@@ -24,6 +24,7 @@ enum class TensorType : uint32_t {
   kQ6_K = 14,
   kQ8_K = 15,
   kIQ4_NL = 20,
+  kIQ4_XS = 23,
   kBF16 = 30,
 };
 
@@ -36,6 +37,10 @@ struct TypeTraits {
 // The layout of `id`, or nullptr when micromoe does not know the type. Unknown
 // ids in a file are rejected before any table lookup indexes with them.
 const TypeTraits* FindTypeTraits(uint32_t id);
+
+// The name GGUF engines give a type id micromoe does not read (the IQ grid
+// types, integer and F64 tensors), for messages; empty for an id no engine uses.
+std::string_view UnreadableTypeName(uint32_t id);
 
 // Name for messages; "type <id>" style text is produced by callers for unknown ids.
 std::string_view TypeName(TensorType type);

@@ -121,15 +121,18 @@ struct KernelSet {
   void (*dot4_q4_1_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
   void (*dot4_q5_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
   void (*dot4_q5_1_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
-  // IQ4_NL against Q8_0, and Q2_K / Q3_K against Q8_K activation rows, the same
-  // way (file layout only: published low-bit MoE files are mostly Q2_K /
-  // Q3_K, with IQ4_NL where 256 does not divide a row).
+  // IQ4_NL against Q8_0, and Q2_K / Q3_K / IQ4_XS against Q8_K activation
+  // rows, the same way (file layout only): the low-bit types of published
+  // files that need no lookup grids, with IQ4_NL where 256 does not divide a
+  // Q2_K / Q3_K row.
   float (*dot_iq4_nl_q8_0)(const void* w, const void* x, int64_t n) = nullptr;
   float (*dot_q2_K_q8_K)(const void* w, const void* x, int64_t n) = nullptr;
   float (*dot_q3_K_q8_K)(const void* w, const void* x, int64_t n) = nullptr;
   void (*dot4_iq4_nl_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
   void (*dot4_q2_K_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
   void (*dot4_q3_K_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
+  float (*dot_iq4_xs_q8_K)(const void* w, const void* x, int64_t n) = nullptr;
+  void (*dot4_iq4_xs_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
 };
 
 // Plain C++ reference; always available.

@@ -95,7 +95,7 @@ void Q6_KToF32(const void* src, float* y, int64_t n) {
 // The types whose activations are Q8_K blocks.
 bool IsKQuant(TensorType type) {
   return type == TensorType::kQ2_K || type == TensorType::kQ3_K || type == TensorType::kQ4_K ||
-         type == TensorType::kQ5_K || type == TensorType::kQ6_K;
+         type == TensorType::kQ5_K || type == TensorType::kQ6_K || type == TensorType::kIQ4_XS;
 }
 
 template <class Block>
@@ -109,6 +109,20 @@ void LowKToF32(const void* src, float* dst, int64_t n) {
         dst[i * kQK_K + e] = d * (sc & 0x0F) * LowKQuant(b[i], e) - Fp16ToFp32(b[i].dmin) * (sc >> 4);
       } else {
         dst[i * kQK_K + e] = d * Q3_KScale(b[i], e / 16) * LowKQuant(b[i], e);
+      }
+    }
+  }
+}
+
+void IQ4_XSToF32(const void* src, float* dst, int64_t n) {
+  const BlockIQ4_XS* b = static_cast<const BlockIQ4_XS*>(src);
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    for (int sub = 0; sub < kQK_K / 32; ++sub) {
+      const float dl = Fp16ToFp32(b[i].d) * IQ4_XSScale(b[i], sub);
+      float* y = dst + i * kQK_K + 32 * sub;
+      for (int j = 0; j < 16; ++j) {
+        y[j] = dl * kIQ4NLValues[b[i].qs[16 * sub + j] & 0x0F];
+        y[j + 16] = dl * kIQ4NLValues[b[i].qs[16 * sub + j] >> 4];
       }
     }
   }
@@ -160,7 +174,7 @@ bool IsSupportedWeightType(TensorType type) {
     case TensorType::kF32: case TensorType::kF16: case TensorType::kBF16:
     case TensorType::kQ8_0: case TensorType::kQ4_0:
     case TensorType::kQ4_1: case TensorType::kQ5_0: case TensorType::kQ5_1: case TensorType::kIQ4_NL:
-    case TensorType::kQ2_K: case TensorType::kQ3_K:
+    case TensorType::kQ2_K: case TensorType::kQ3_K: case TensorType::kIQ4_XS:
     case TensorType::kQ4_K: case TensorType::kQ5_K: case TensorType::kQ6_K:
       return true;
     default:
@@ -187,6 +201,7 @@ void DequantizeRow(TensorType type, const void* src, float* dst, int64_t n, cons
     case TensorType::kQ5_0: LegacyToF32<BlockQ5_0>(src, dst, n); break;
     case TensorType::kQ5_1: LegacyToF32<BlockQ5_1>(src, dst, n); break;
     case TensorType::kIQ4_NL: IQ4_NLToF32(src, dst, n); break;
+    case TensorType::kIQ4_XS: IQ4_XSToF32(src, dst, n); break;
     case TensorType::kQ2_K: LowKToF32<BlockQ2_K>(src, dst, n); break;
     case TensorType::kQ3_K: LowKToF32<BlockQ3_K>(src, dst, n); break;
     default: break;  // unreachable: model loading rejects unsupported types
@@ -200,6 +215,7 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
   ldx_ = ldx;
   n_x_ = n_x;
   quantized_ = false;
+  terms_stride_ = 0;
   if (weight_type == TensorType::kBF16) {
     rounded_.Resize(static_cast<size_t>(n_x * cols));
     bf16_.Resize(rounded_.size());
@@ -228,11 +244,13 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
   q8_row_bytes_ = static_cast<uint64_t>(nb) * sizeof(BlockQ8_0);
   q8_.Resize(q8_row_bytes_ * n_x);
   quantized_ = true;
+  for (int64_t r = 0; r < n_x; ++r) ks.quantize_q8_0(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
+  // The packed kernels' per-block terms; the other 32-element types do not read them.
+  if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0) return;
   terms_stride_ = 2 * static_cast<uint64_t>(nb);
   terms_.Resize(terms_stride_ * n_x);
-  const int offset = weight_type == TensorType::kQ8_0 ? 128 : 8;  // see packed.h (only packed types read terms)
+  const int offset = weight_type == TensorType::kQ8_0 ? 128 : 8;  // see packed.h
   for (int64_t r = 0; r < n_x; ++r) {
-    ks.quantize_q8_0(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
     const BlockQ8_0* blocks = reinterpret_cast<const BlockQ8_0*>(q8_.data() + r * q8_row_bytes_);
     float* terms = terms_.data() + r * terms_stride_;
     for (int64_t b = 0; b < nb; ++b) {
@@ -357,6 +375,8 @@ void MatMulRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy
         return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_iq4_nl_q8_0, ks.dot4_iq4_nl_q8_0);
       case TensorType::kQ2_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q2_K_q8_K, ks.dot4_q2_K_q8_K);
       case TensorType::kQ3_K: return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_q3_K_q8_K, ks.dot4_q3_K_q8_K);
+      case TensorType::kIQ4_XS:
+        return MatMulQuantizedRows(w, x, y, ldy, o_begin, o_end, ks.dot_iq4_xs_q8_K, ks.dot4_iq4_xs_q8_K);
       default: return;  // Prepare quantizes for these types only
     }
   }

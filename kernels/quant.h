@@ -25,8 +25,8 @@ struct BlockQ4_0 {
 };
 static_assert(sizeof(BlockQ4_0) == 18);
 
-// The other 32-element types of GGUF files, run as Q8_0 codes (kernels.cc):
-// element j < 16 in the low nibble of qs[j], j + 16 in the high nibble; the
+// The other 32-element types of GGUF files, multiplied against Q8_0
+// activations in the file layout (kernel_set.h): element j < 16 in the low nibble of qs[j], j + 16 in the high nibble; the
 // Q5 types take bit j of qh (little-endian) as element j's fifth bit.
 struct BlockQ4_1 {
   uint16_t d, m;  // fp16; value = d * q + m, q in 0..15
@@ -55,6 +55,21 @@ struct BlockIQ4_NL {
 };
 static_assert(sizeof(BlockIQ4_NL) == 18);
 constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// IQ4_XS: 8 sub-blocks of 32 as IQ4_NL's (elements 32b + j < 16 in the low
+// nibble of qs[16b + j], 32b + 16 + j in the high nibble), each with a 6-bit
+// scale: value = d * (IQ4_XSScale - 32) * kIQ4NLValues[q].
+struct BlockIQ4_XS {
+  uint16_t d;
+  uint16_t scales_h;  // bits 2b, 2b + 1: the top 2 bits of sub-block b's scale
+  uint8_t scales_l[kQK_K / 64];  // the low 4 bits of sub-block b's scale: nibble b % 2 of byte b / 2
+  uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(BlockIQ4_XS) == 136);
+
+inline int IQ4_XSScale(const BlockIQ4_XS& b, int sub) {
+  return (((b.scales_l[sub / 2] >> (4 * (sub % 2))) & 0x0F) | ((b.scales_h >> (2 * sub)) & 3) << 4) - 32;
+}
 
 // Element j's stored q of a Q4_1 / Q5_0 / Q5_1 block (0..15 or 0..31).
 template <class Block>
@@ -88,9 +103,9 @@ struct BlockQ3_K {
 };
 static_assert(sizeof(BlockQ3_K) == 110);
 
-// Sub-block s's signed scale (scale_s - 32): its low 4 bits are the low
-// (s < 8) or high (s >= 8) nibble of scales[s % 8], its top 2 bits bits
-// 2 (s / 4), + 1 of scales[8 + s % 4].
+// Sub-block s's signed scale (scale_s - 32). Of the 6-bit scale_s, the low 4
+// bits are the low (s < 8) or high (s >= 8) nibble of scales[s % 8], and the
+// top 2 bits are bits 2 (s / 4) and 2 (s / 4) + 1 of scales[8 + s % 4].
 inline int Q3_KScale(const BlockQ3_K& b, int s) {
   const int low = s < 8 ? b.scales[s] & 0x0F : b.scales[s - 8] >> 4;
   return (low | ((b.scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) - 32;

@@ -253,6 +253,25 @@ float DotLowKQ8_K(const void* w, const void* x, int64_t n) {
   return sum;
 }
 
+float DotIQ4_XSQ8_K(const void* w, const void* x, int64_t n) {
+  const BlockIQ4_XS* a = static_cast<const BlockIQ4_XS*>(w);
+  const BlockQ8_K* b = static_cast<const BlockQ8_K*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK_K; ++i) {
+    int32_t scaled = 0;
+    for (int sub = 0; sub < kQK_K / 32; ++sub) {
+      int32_t qx = 0;
+      for (int j = 0; j < 16; ++j) {
+        qx += kIQ4NLValues[a[i].qs[16 * sub + j] & 0x0F] * b[i].qs[32 * sub + j];
+        qx += kIQ4NLValues[a[i].qs[16 * sub + j] >> 4] * b[i].qs[32 * sub + 16 + j];
+      }
+      scaled += IQ4_XSScale(a[i], sub) * qx;
+    }
+    sum += b[i].d * Fp16ToFp32(a[i].d) * static_cast<float>(scaled);
+  }
+  return sum;
+}
+
 template <float (*kDot)(const void*, const void*, int64_t)>
 void Dot4(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) {
   for (int i = 0; i < 4; ++i) out[i] = kDot(w, static_cast<const uint8_t*>(x) + i * x_stride, n);
@@ -419,6 +438,8 @@ const KernelSet& ScalarKernels() {
     s.dot4_iq4_nl_q8_0 = Dot4<DotNibblesQ8_0<IQ4_NLValue>>;
     s.dot4_q2_K_q8_K = Dot4<DotLowKQ8_K<BlockQ2_K>>;
     s.dot4_q3_K_q8_K = Dot4<DotLowKQ8_K<BlockQ3_K>>;
+    s.dot_iq4_xs_q8_K = DotIQ4_XSQ8_K;
+    s.dot4_iq4_xs_q8_K = Dot4<DotIQ4_XSQ8_K>;
     return s;
   }();
   return set;

@@ -713,6 +713,12 @@ TEST(GgufRejects, UnknownTensorType99) {
   EXPECT_THAT(Message(s), AllOf(HasSubstr("tensor 'w'"), HasSubstr("unknown tensor type 99")));
 }
 
+TEST(GgufRejects, UnsupportedTensorTypeIsNamed) {
+  const absl::Status s = ParseStatus(TensorFile({{.name = "w", .type = 16}}, 64));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(s), AllOf(HasSubstr("tensor 'w'"), HasSubstr("tensor type IQ2_XXS (16) is not supported")));
+}
+
 TEST(GgufRejects, UnknownTensorTypeAllOnes) {
   const absl::Status s = ParseStatus(TensorFile({{.name = "w", .type = 0xFFFFFFFF}}, 64));
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);

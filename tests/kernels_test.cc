@@ -149,6 +149,26 @@ std::vector<float> RefDequantize(TensorType type, const uint8_t* src, int64_t n)
       }
       break;
     }
+    case TensorType::kIQ4_XS:
+      // 136 bytes: d, scales_h (uint16), scales_l[4], qs[128]. Sub-block s of
+      // 32 has the 6-bit scale (nibble s % 2 of scales_l[s / 2]) | (bits 2s,
+      // 2s + 1 of scales_h) << 4, minus 32, and IQ4_NL's values in qs[16s..].
+      for (int64_t b = 0; b < n / 256; ++b) {
+        static const int kValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+        const uint8_t* blk = src + b * 136;
+        uint16_t d, high;
+        std::memcpy(&d, blk, 2);
+        std::memcpy(&high, blk + 2, 2);
+        for (int sub = 0; sub < 8; ++sub) {
+          const int scale = (((blk[4 + sub / 2] >> (4 * (sub % 2))) & 15) | (((high >> (2 * sub)) & 3) << 4)) - 32;
+          for (int j = 0; j < 16; ++j) {
+            const uint8_t q = blk[8 + 16 * sub + j];
+            out[b * 256 + 32 * sub + j] = RefHalf(d) * scale * kValues[q & 15];
+            out[b * 256 + 32 * sub + 16 + j] = RefHalf(d) * scale * kValues[q >> 4];
+          }
+        }
+      }
+      break;
     case TensorType::kQ2_K:
     case TensorType::kQ3_K:
       // Q2_K (84 bytes): scales[16], qs[64], d, dmin. Q3_K (110): hmask[32],
@@ -1080,6 +1100,8 @@ std::vector<uint8_t> RandomKQuantRows(std::mt19937& rng, TensorType type, int64_
     } else if (type == TensorType::kQ2_K) {
       reinterpret_cast<BlockQ2_K*>(blk)->d = RandomNormalHalf(rng);
       reinterpret_cast<BlockQ2_K*>(blk)->dmin = RandomNormalHalf(rng);
+    } else if (type == TensorType::kIQ4_XS) {
+      reinterpret_cast<BlockIQ4_XS*>(blk)->d = RandomNormalHalf(rng);
     } else {
       // d and dmin lead both Q4_K and Q5_K blocks.
       const uint16_t d = RandomNormalHalf(rng), dmin = RandomNormalHalf(rng);
@@ -1116,6 +1138,7 @@ struct KQuantDot {
 constexpr KQuantDot kKQuantDots[] = {
     {TensorType::kQ2_K, &KernelSet::dot_q2_K_q8_K, &KernelSet::dot4_q2_K_q8_K},
     {TensorType::kQ3_K, &KernelSet::dot_q3_K_q8_K, &KernelSet::dot4_q3_K_q8_K},
+    {TensorType::kIQ4_XS, &KernelSet::dot_iq4_xs_q8_K, &KernelSet::dot4_iq4_xs_q8_K},
     {TensorType::kQ4_K, &KernelSet::dot_q4_K_q8_K, &KernelSet::dot4_q4_K_q8_K},
     {TensorType::kQ5_K, &KernelSet::dot_q5_K_q8_K, &KernelSet::dot4_q5_K_q8_K},
     {TensorType::kQ6_K, &KernelSet::dot_q6_K_q8_K, &KernelSet::dot4_q6_K_q8_K},
@@ -1169,9 +1192,25 @@ TEST(LowBitKQuantTest, Q2_KScalesAndMinsFollowTheLayout) {
   EXPECT_EQ(y[0], 0.0f);
 }
 
+TEST(LowBitKQuantTest, IQ4_XSScalesFollowTheLayout) {
+  BlockIQ4_XS b{};
+  b.d = 0x3800;  // 0.5
+  // Sub-block 5: low bits in the high nibble of scales_l[2], top bits at bits
+  // 10-11 of scales_h: 0b11'0100 = 52, scale 20.
+  b.scales_l[2] = 0x40;
+  b.scales_h = 3 << 10;
+  b.qs[16 * 5 + 3] = 0xF8;  // element 163: value index 8 (1); element 179: 15 (113)
+  std::vector<float> y(256);
+  DequantizeRow(TensorType::kIQ4_XS, &b, y.data(), 256);
+  EXPECT_EQ(y[163], 0.5f * 20 * 1);
+  EXPECT_EQ(y[179], 0.5f * 20 * 113);
+  EXPECT_EQ(y[160], 0.5f * 20 * -127);  // index 0
+  EXPECT_EQ(y[0], 0.5f * -32 * -127);   // sub-block 0: scale -32
+}
+
 TEST(LowBitKQuantTest, RandomBlocksDecodeAsTheReference) {
   std::mt19937 rng(7);
-  for (TensorType type : {TensorType::kQ2_K, TensorType::kQ3_K}) {
+  for (TensorType type : {TensorType::kQ2_K, TensorType::kQ3_K, TensorType::kIQ4_XS}) {
     const std::vector<uint8_t> w = RandomKQuantRows(rng, type, 1, 5);
     std::vector<float> y(5 * 256);
     DequantizeRow(type, w.data(), y.data(), 5 * 256);
@@ -1190,15 +1229,22 @@ TEST_P(KernelSetTest, KQuantDotsMatchTheScalarReferenceAndTheDequantizedWeights)
       std::vector<uint8_t> w = RandomKQuantRows(rng_, k.type, kRows, blocks);
       std::vector<BlockQ8_K> x = RandomQ8_KBlocks(rng_, blocks);
       if (blocks == 2) {
-        // Extremes in block 0: every quant, scale and min at its largest,
-        // against activations all 127 (the int16 pair sums at their limit).
+        // Extremes in block 0: every quant, scale and min at its largest
+        // magnitude, against activations all 127 (the int16 pair sums at their limit).
         if (k.type == TensorType::kQ6_K) {  // d sits at the end
           auto* b = reinterpret_cast<BlockQ6_K*>(w.data());
           std::memset(b->ql, 0xFF, sizeof(b->ql));
           std::memset(b->qh, 0xFF, sizeof(b->qh));
           std::fill(std::begin(b->scales), std::end(b->scales), int8_t{-128});
-        } else if (k.type == TensorType::kQ2_K || k.type == TensorType::kQ3_K) {  // d (and dmin) at the end
-          std::memset(w.data(), k.type == TensorType::kQ2_K ? 0xFF : 0x00, RowBytes(k.type, 256) - 4);
+        } else if (k.type == TensorType::kQ2_K) {  // d and dmin at the end
+          std::memset(w.data(), 0xFF, RowBytes(k.type, 256) - 4);
+        } else if (k.type == TensorType::kQ3_K) {  // quants 3 (all bits set), scales -32 (all clear)
+          auto* b = reinterpret_cast<BlockQ3_K*>(w.data());
+          std::memset(b->hmask, 0xFF, sizeof(b->hmask));
+          std::memset(b->qs, 0xFF, sizeof(b->qs));
+          std::memset(b->scales, 0x00, sizeof(b->scales));
+        } else if (k.type == TensorType::kIQ4_XS) {  // d leads: scales 31, values 113
+          std::memset(w.data() + 2, 0xFF, RowBytes(k.type, 256) - 2);
         } else {  // d and dmin lead
           std::memset(w.data() + 4, 0xFF, RowBytes(k.type, 256) - 4);
         }
@@ -1289,16 +1335,18 @@ TEST_P(KernelSetTest, MatMulMatchesDoubleReferenceOnDequantizedWeights) {
   }
 }
 
+// The types with Q8_K activations.
 bool IsKQuant(TensorType type) {
   return type == TensorType::kQ2_K || type == TensorType::kQ3_K || type == TensorType::kQ4_K ||
-         type == TensorType::kQ5_K || type == TensorType::kQ6_K;
+         type == TensorType::kQ5_K || type == TensorType::kQ6_K || type == TensorType::kIQ4_XS;
 }
 
 TEST_P(KernelSetTest, MatMulRowsFillsOnlyItsRangeAndAgreesWithMatMul) {
   constexpr int64_t kRows = 37, kNx = 5;
   for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
                           TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL, TensorType::kQ2_K,
-                          TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+                          TensorType::kQ3_K, TensorType::kIQ4_XS, TensorType::kQ4_K, TensorType::kQ5_K,
+                          TensorType::kQ6_K}) {
     const int64_t cols = IsKQuant(type) ? 3 * 256 : 96;
     const std::vector<float> x = RandomFloats(rng_, kNx * cols);
     // K-quants and IQ4_NL (no encoder) as random blocks: every bit pattern,
@@ -1825,7 +1873,8 @@ TEST(KernelsTest, AmxSelfCheckRefusesWithoutFaultingWhereTilesAreMissing) {
 TEST(KernelsTest, SupportedWeightTypes) {
   for (TensorType t : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
                        TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kIQ4_NL, TensorType::kQ2_K,
-                       TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+                       TensorType::kQ3_K, TensorType::kIQ4_XS, TensorType::kQ4_K, TensorType::kQ5_K,
+                       TensorType::kQ6_K}) {
     EXPECT_TRUE(IsSupportedWeightType(t)) << gguf::TypeName(t);
   }
   for (TensorType t : {TensorType::kQ8_1, TensorType::kQ8_K}) {
