@@ -430,6 +430,60 @@ inline void AddK4SuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], 
   }
 }
 
+// Packed IQ4_XS (packed.h) against Q8_K activations: per pair of
+// sub-blocks, the nibbles as packed Q4_K's, looked up in the 16 values plus
+// 128 (one byte shuffle, so dpbusd takes them unsigned); 128 times the
+// activation's sum over the sub-block is taken back off and the rows' signed
+// scales multiply the dots into one integer sum; one float step per
+// super-block: acc += d[i] * d_x * scaled[i].
+template <int kRows, int kAhead>
+inline void AddIQ4_XSSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
+  constexpr int kPairLines = 8;
+  alignas(16) int8_t table[16];
+  for (int v = 0; v < 16; ++v) table[v] = static_cast<int8_t>(kIQ4NLValues[v] + 128);
+  const __m512i values = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+  // Scales of sub-block j, one per row: (nibble j % 2 of scales_l byte j / 2)
+  // | (bits 2j, 2j + 1 of scales_h) << 4, minus 32.
+  const __m512i high = _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 32)));
+  __m512i scales[8];
+  for (int j = 0; j < 8; ++j) {
+    const __m512i low = _mm512_srli_epi32(WidenRowBytes(sb + kPackedIQ4_XSScalesOffset + 16 * (j / 2)), 4 * (j % 2));
+    scales[j] = _mm512_sub_epi32(
+        _mm512_or_si512(_mm512_and_si512(low, _mm512_set1_epi32(15)),
+                        _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(high, 2 * j), _mm512_set1_epi32(3)), 4)),
+        _mm512_set1_epi32(32));
+  }
+  __m512i scaled[kRows];
+  for (int r = 0; r < kRows; ++r) scaled[r] = _mm512_setzero_si512();
+  for (int t = 0; t < 4; ++t) {
+    for (int k = 0; k < kPairLines; ++k) {
+      _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + PackedIQ4_XSPairOffset(t) + 64 * k), _MM_HINT_T0);
+    }
+    __m512i w[16];
+    UnpackK4Pair(sb + PackedIQ4_XSPairOffset(t), w);
+    for (int k = 0; k < 16; ++k) w[k] = _mm512_shuffle_epi8(values, w[k]);
+    for (int r = 0; r < kRows; ++r) {
+      const int8_t* xq = x[r]->qs + 64 * t;
+      __m512i low0 = _mm512_setzero_si512(), low1 = low0, high0 = low0, high1 = low0;
+      for (int k = 0; k < 8; k += 2) {
+        low0 = _mm512_dpbusd_epi32(low0, w[k], BroadcastCode4(xq + 4 * k));
+        low1 = _mm512_dpbusd_epi32(low1, w[k + 1], BroadcastCode4(xq + 4 * k + 4));
+        high0 = _mm512_dpbusd_epi32(high0, w[8 + k], BroadcastCode4(xq + 32 + 4 * k));
+        high1 = _mm512_dpbusd_epi32(high1, w[9 + k], BroadcastCode4(xq + 36 + 4 * k));
+      }
+      const int16_t* bsums = x[r]->bsums + 4 * t;
+      const __m512i low = _mm512_sub_epi32(_mm512_add_epi32(low0, low1), _mm512_set1_epi32(128 * (bsums[0] + bsums[1])));
+      const __m512i high_dot = _mm512_sub_epi32(_mm512_add_epi32(high0, high1), _mm512_set1_epi32(128 * (bsums[2] + bsums[3])));
+      scaled[r] = _mm512_add_epi32(scaled[r], _mm512_add_epi32(_mm512_mullo_epi32(low, scales[2 * t]),
+                                                               _mm512_mullo_epi32(high_dot, scales[2 * t + 1])));
+    }
+  }
+  const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb)));
+  for (int r = 0; r < kRows; ++r) {
+    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x[r]->d)), _mm512_cvtepi32_ps(scaled[r]), acc[r]);
+  }
+}
+
 // Packed Q6_K (packed.h) against Q8_K activations: per sub-block j of 16,
 // the 6-bit values of each row are put together from its three lines, and
 // dpbusd adds their products with the codes to a chain that starts at -32
@@ -477,8 +531,9 @@ inline void AddQ6_KSuperBlock(const uint8_t* sb, const uint8_t* d16, const Block
   }
 }
 
-// Up to four activation rows of packed Q4_K, Q5_K or Q6_K, one group, a
-// super-block at a time.
+// Up to four activation rows of packed Q4_K, Q5_K, Q6_K (kBits 4, 5, 6) or
+// IQ4_XS (kIQ4_XSBits), one group, a super-block at a time.
+constexpr int kIQ4_XSBits = 0;
 template <int kBits, int kRows>
 void GemmKQuantX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, float* out) {
   __m512 acc[kRows];
@@ -488,6 +543,8 @@ void GemmKQuantX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint
     for (int r = 0; r < kRows; ++r) x[r] = reinterpret_cast<const BlockQ8_K*>(xq + r * xq_stride) + s;
     if constexpr (kBits == 6) {
       AddQ6_KSuperBlock<kRows, kPrefetchBytes>(group + PackedQ6_KBlockOffset(nb, s), group + PackedQ6_KDOffset(s), x, acc);
+    } else if constexpr (kBits == kIQ4_XSBits) {
+      AddIQ4_XSSuperBlock<kRows, kPrefetchBytes>(group + s * kPackedIQ4_XSBytes, x, acc);
     } else {
       AddK4SuperBlock<kBits == 5, kRows, kPrefetchBytes>(group + s * PackedK4Bytes(kBits == 5), x, acc);
     }
@@ -875,6 +932,9 @@ const KernelSet* Avx512Kernels() {
                                         GemmKQuantX16Rows<4, 4>>;
     s.gemm_q5_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<5, 1>, GemmKQuantX16Rows<5, 2>, GemmKQuantX16Rows<5, 3>,
                                         GemmKQuantX16Rows<5, 4>>;
+    s.gemm_iq4_xs_x16 =
+        GemmX16InTilesOf4<GemmKQuantX16Rows<kIQ4_XSBits, 1>, GemmKQuantX16Rows<kIQ4_XSBits, 2>,
+                          GemmKQuantX16Rows<kIQ4_XSBits, 3>, GemmKQuantX16Rows<kIQ4_XSBits, 4>>;
     s.gemm_q6_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<6, 1>, GemmKQuantX16Rows<6, 2>, GemmKQuantX16Rows<6, 3>,
                                         GemmKQuantX16Rows<6, 4>>;
     SetFileLayoutDots(s);

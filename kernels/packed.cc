@@ -71,6 +71,32 @@ void PackK4Group(const MatrixView& w, int64_t g, uint8_t* dst) {
   }
 }
 
+// IQ4_XS: the byte holding element l of sub-block j of row i, and its nibble.
+Place IQ4_XSQuant(int i, int j, int l) {
+  return {PackedIQ4_XSPairOffset(j / 2) + 64 * (l / 4) + 4 * i + l % 4, 4 * (j % 2)};
+}
+
+// Packs rows [16g, 16g + 16) of an IQ4_XS matrix into `dst`.
+void PackIQ4_XSGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
+  for (int i = 0; i < kPackRows; ++i) {
+    const auto* blocks = reinterpret_cast<const BlockIQ4_XS*>(w.row(g * kPackRows + i));
+    for (int64_t s = 0; s < w.cols / kQK_K; ++s) {
+      const BlockIQ4_XS& block = blocks[s];
+      uint8_t* sb = dst + s * kPackedIQ4_XSBytes;
+      std::memcpy(sb + 2 * i, &block.d, 2);
+      std::memcpy(sb + 32 + 2 * i, &block.scales_h, 2);
+      for (int b = 0; b < 4; ++b) sb[kPackedIQ4_XSScalesOffset + 16 * b + i] = block.scales_l[b];
+      for (int j = 0; j < 8; ++j) {
+        for (int l = 0; l < 32; ++l) {
+          const uint8_t byte = block.qs[16 * j + l % 16];
+          const Place p = IQ4_XSQuant(i, j, l);
+          sb[p.byte] |= static_cast<uint8_t>(((l < 16 ? byte : byte >> 4) & 0x0F) << p.shift);
+        }
+      }
+    }
+  }
+}
+
 // Packs rows [16g, 16g + 16) of a Q6_K matrix into `dst`.
 void PackQ6_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
   const int64_t nb = w.cols / kQK_K;
@@ -103,6 +129,7 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
   if (w.type == TensorType::kQ4_K) return PackK4Group<BlockQ4_K>(w, g, dst);
   if (w.type == TensorType::kQ5_K) return PackK4Group<BlockQ5_K>(w, g, dst);
   if (w.type == TensorType::kQ6_K) return PackQ6_KGroup(w, g, dst);
+  if (w.type == TensorType::kIQ4_XS) return PackIQ4_XSGroup(w, g, dst);
   const int64_t nb = w.cols / kQK;
   const int chunk_bytes = ChunkCount(w.type) * 64;
   for (int i = 0; i < kPackRows; ++i) {
@@ -128,6 +155,21 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
 }  // namespace
 
 void UnpackKQuantBlock(TensorType type, const uint8_t* group, int64_t nb, int64_t s, int i, void* block) {
+  if (type == TensorType::kIQ4_XS) {
+    BlockIQ4_XS& b = *static_cast<BlockIQ4_XS*>(block);
+    b = BlockIQ4_XS{};
+    const uint8_t* sb = group + s * kPackedIQ4_XSBytes;
+    std::memcpy(&b.d, sb + 2 * i, 2);
+    std::memcpy(&b.scales_h, sb + 32 + 2 * i, 2);
+    for (int k = 0; k < 4; ++k) b.scales_l[k] = sb[kPackedIQ4_XSScalesOffset + 16 * k + i];
+    for (int j = 0; j < 8; ++j) {
+      for (int l = 0; l < 32; ++l) {
+        const Place p = IQ4_XSQuant(i, j, l);
+        b.qs[16 * j + l % 16] |= static_cast<uint8_t>(((sb[p.byte] >> p.shift) & 0x0F) << (l < 16 ? 0 : 4));
+      }
+    }
+    return;
+  }
   if (type == TensorType::kQ6_K) {
     BlockQ6_K& b = *static_cast<BlockQ6_K*>(block);
     b = BlockQ6_K{};
@@ -170,6 +212,7 @@ bool CanPack(TensorType type, const KernelSet& ks) {
     case TensorType::kQ4_K: return ks.gemm_q4_K_x16 != nullptr;
     case TensorType::kQ5_K: return ks.gemm_q5_K_x16 != nullptr;
     case TensorType::kQ6_K: return ks.gemm_q6_K_x16 != nullptr;
+    case TensorType::kIQ4_XS: return ks.gemm_iq4_xs_x16 != nullptr;
     default: return false;
   }
 }
@@ -179,6 +222,7 @@ uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
     return static_cast<uint64_t>(cols / kQK_K) * PackedK4Bytes(type == TensorType::kQ5_K);
   }
   if (type == TensorType::kQ6_K) return PackedQ6_KBlockOffset(cols / kQK_K, cols / kQK_K);
+  if (type == TensorType::kIQ4_XS) return static_cast<uint64_t>(cols / kQK_K) * kPackedIQ4_XSBytes;
   const uint64_t nb = static_cast<uint64_t>(cols / kQK);
   if (IsHalf(type)) return nb * 16 * 64;
   return (nb + 1) / 2 * 64 + nb * ChunkCount(type) * 64;  // scale lines and quants

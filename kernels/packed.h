@@ -46,6 +46,14 @@
 //           16j + 4 + m, 16j + 8 + m and 16j + 12 + m (bits 0-1, 2-3, 4-5, 6-7).
 // A group is the file's bytes plus at most 32 bytes of padding.
 //
+// IQ4_XS (cols a multiple of 256): per super-block 2176 bytes (34 lines, the
+// file's bytes): one line of the 16 rows' d (fp16, row i at 2i) and then
+// their scales_h (uint16, at 32 + 2i); one line of scales_l, byte b of row i
+// at 16 b + i; per pair of sub-blocks t = 0..3, 8 lines of nibbles as packed
+// Q4_K's: in line k, bytes 4i..4i+3 hold in their low nibbles row i's
+// elements 4k..4k+3 of sub-block 2t and in their high nibbles those of
+// sub-block 2t + 1 (the file pairs a sub-block's elements j and 16 + j).
+//
 // Rows past the last full group stay in the original layout.
 #pragma once
 
@@ -73,6 +81,11 @@ constexpr uint64_t kPackedK4ScalesOffset = 64;
 constexpr uint64_t PackedK4PairOffset(bool q5, int t) { return 256 + static_cast<uint64_t>(t) * (q5 ? 640 : 512); }
 constexpr uint64_t PackedK4Bytes(bool q5) { return q5 ? 16 * 176 : 16 * 144; }
 
+// Within one packed IQ4_XS super-block: the scales_l line and the lines of pair t.
+constexpr uint64_t kPackedIQ4_XSBytes = 16 * 136;
+constexpr uint64_t kPackedIQ4_XSScalesOffset = 64;
+constexpr uint64_t PackedIQ4_XSPairOffset(int t) { return 128 + static_cast<uint64_t>(t) * 512; }
+
 // Offsets within a packed Q6_K group of nb super-blocks of super-block s's
 // d (16 fp16) and of its scale lines (then its sub-blocks' lines).
 constexpr uint64_t kPackedQ6_KBytes = 52 * 64;  // one super-block of 16 rows, less the d
@@ -81,9 +94,10 @@ constexpr uint64_t PackedQ6_KBlockOffset(int64_t nb, int64_t s) {
   return (static_cast<uint64_t>(nb) * 32 + 63) / 64 * 64 + static_cast<uint64_t>(s) * kPackedQ6_KBytes;
 }
 
-// Row i's super-block s of a packed Q4_K / Q5_K / Q6_K group of nb
-// super-blocks, back in the file's block layout (a BlockQ4_K, BlockQ5_K or
-// BlockQ6_K at `block`): the inverse of packing, for the scalar kernels.
+// Row i's super-block s of a packed Q4_K / Q5_K / Q6_K / IQ4_XS group of nb
+// super-blocks, back in the file's block layout (a BlockQ4_K, BlockQ5_K,
+// BlockQ6_K or BlockIQ4_XS at `block`): the inverse of packing, for the
+// scalar kernels.
 void UnpackKQuantBlock(gguf::TensorType type, const uint8_t* group, int64_t nb, int64_t s, int i, void* block);
 
 // Whether weights of `type` have a packed form that `ks` computes with.

@@ -1442,7 +1442,7 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5;
   for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
-                          TensorType::kQ5_K, TensorType::kQ6_K}) {
+                          TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kIQ4_XS}) {
     if (!CanPack(type, *ks_)) continue;
     // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for the K-quants.
     const int64_t kCols = IsKQuant(type) ? 3 * kQK_K : 7 * kQK;
@@ -1755,6 +1755,49 @@ TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
       for (int c = 0; c < kQK_K / 2; ++c) {
         const int t = c / 32, line = c % 32 / 4;
         ASSERT_EQ(sb[256 + 512 * t + 64 * line + 4 * i + c % 4], (7 * i + 3 * c + s) % 256) << s << " " << i << " " << c;
+      }
+    }
+  }
+}
+
+TEST(PackedWeightsTest, IQ4_XSLayoutPairsSubBlocksInEachByte) {
+  // Row i, super-block s: d = i + 1, scales_h = 1000 i + s, scales_l byte b =
+  // 16 s + b + i, qs byte c = (5 i + 3 c + s) % 256; checked against packed.h.
+  constexpr int64_t kBlocks = 2;
+  std::vector<BlockIQ4_XS> rows(kPackRows * kBlocks);
+  for (int i = 0; i < kPackRows; ++i) {
+    for (int s = 0; s < kBlocks; ++s) {
+      BlockIQ4_XS& b = rows[i * kBlocks + s];
+      b.d = Fp32ToFp16(static_cast<float>(i + 1));
+      b.scales_h = static_cast<uint16_t>(1000 * i + s);
+      for (int k = 0; k < 4; ++k) b.scales_l[k] = static_cast<uint8_t>(16 * s + k + i);
+      for (int c = 0; c < kQK_K / 2; ++c) b.qs[c] = static_cast<uint8_t>((5 * i + 3 * c + s) % 256);
+    }
+  }
+  PackedArena arena(PackedBytes(TensorType::kIQ4_XS, kPackRows, kBlocks * kQK_K));
+  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kIQ4_XS, rows, kBlocks);
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(PackedGroupBytes(TensorType::kIQ4_XS, kBlocks * kQK_K), kBlocks * kPackRows * sizeof(BlockIQ4_XS))
+      << "the file's bytes, rearranged";
+  for (int s = 0; s < kBlocks; ++s) {
+    const uint8_t* sb = g + s * 2176;
+    for (int i = 0; i < kPackRows; ++i) {
+      uint16_t d, high;
+      std::memcpy(&d, sb + 2 * i, 2);
+      std::memcpy(&high, sb + 32 + 2 * i, 2);
+      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+      EXPECT_EQ(high, 1000 * i + s);
+      for (int k = 0; k < 4; ++k) ASSERT_EQ(sb[64 + 16 * k + i], 16 * s + k + i) << s << " " << i << " " << k;
+      // Element l (< 32) of sub-block j: its nibble in the file is the low
+      // (l < 16) or high half of qs[16 j + l % 16]; packed, the low (j even)
+      // or high half of byte 4 i + l % 4 of line l / 4 of pair j / 2.
+      for (int j = 0; j < 8; ++j) {
+        for (int l = 0; l < 32; ++l) {
+          const int byte = (5 * i + 3 * (16 * j + l % 16) + s) % 256;
+          const int want = l < 16 ? byte & 15 : byte >> 4;
+          const uint8_t packed = sb[128 + 512 * (j / 2) + 64 * (l / 4) + 4 * i + l % 4];
+          ASSERT_EQ(j % 2 ? packed >> 4 : packed & 15, want) << s << " " << i << " " << j << " " << l;
+        }
       }
     }
   }
