@@ -362,9 +362,9 @@ inline __m512i BroadcastCode4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// Lane i: sum over sub-blocks 2t and 2t + 1 of row i's scale times its dot
-// with the 64 codes x (w from UnpackK4Pair).
-inline __m512i ScaledPairDot(const __m512i w[16], const int8_t* x, const uint8_t* scales) {
+// Lane i: row i's dots of sub-blocks 2t (low) and 2t + 1 (high) with the 64
+// codes x (w from UnpackK4Pair), in four chains.
+inline void PairDots(const __m512i w[16], const int8_t* x, __m512i* low, __m512i* high) {
   __m512i low0 = _mm512_setzero_si512(), low1 = low0, high0 = low0, high1 = low0;
   for (int k = 0; k < 8; k += 2) {
     low0 = _mm512_dpbusd_epi32(low0, w[k], BroadcastCode4(x + 4 * k));
@@ -372,9 +372,16 @@ inline __m512i ScaledPairDot(const __m512i w[16], const int8_t* x, const uint8_t
     high0 = _mm512_dpbusd_epi32(high0, w[8 + k], BroadcastCode4(x + 32 + 4 * k));
     high1 = _mm512_dpbusd_epi32(high1, w[9 + k], BroadcastCode4(x + 36 + 4 * k));
   }
-  return _mm512_add_epi32(
-      _mm512_mullo_epi32(_mm512_add_epi32(low0, low1), WidenRowBytes(scales)),
-      _mm512_mullo_epi32(_mm512_add_epi32(high0, high1), WidenRowBytes(scales + 16)));
+  *low = _mm512_add_epi32(low0, low1);
+  *high = _mm512_add_epi32(high0, high1);
+}
+
+// Lane i: sum over sub-blocks 2t and 2t + 1 of row i's scale times its dot.
+inline __m512i ScaledPairDot(const __m512i w[16], const int8_t* x, const uint8_t* scales) {
+  __m512i low, high;
+  PairDots(w, x, &low, &high);
+  return _mm512_add_epi32(_mm512_mullo_epi32(low, WidenRowBytes(scales)),
+                          _mm512_mullo_epi32(high, WidenRowBytes(scales + 16)));
 }
 
 // Lane i: sum over sub-blocks j of row i's min_j times the activation's sum
@@ -463,17 +470,11 @@ inline void AddIQ4_XSSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRow
     UnpackK4Pair(sb + PackedIQ4_XSPairOffset(t), w);
     for (int k = 0; k < 16; ++k) w[k] = _mm512_shuffle_epi8(values, w[k]);
     for (int r = 0; r < kRows; ++r) {
-      const int8_t* xq = x[r]->qs + 64 * t;
-      __m512i low0 = _mm512_setzero_si512(), low1 = low0, high0 = low0, high1 = low0;
-      for (int k = 0; k < 8; k += 2) {
-        low0 = _mm512_dpbusd_epi32(low0, w[k], BroadcastCode4(xq + 4 * k));
-        low1 = _mm512_dpbusd_epi32(low1, w[k + 1], BroadcastCode4(xq + 4 * k + 4));
-        high0 = _mm512_dpbusd_epi32(high0, w[8 + k], BroadcastCode4(xq + 32 + 4 * k));
-        high1 = _mm512_dpbusd_epi32(high1, w[9 + k], BroadcastCode4(xq + 36 + 4 * k));
-      }
+      __m512i low, high_dot;
+      PairDots(w, x[r]->qs + 64 * t, &low, &high_dot);
       const int16_t* bsums = x[r]->bsums + 4 * t;
-      const __m512i low = _mm512_sub_epi32(_mm512_add_epi32(low0, low1), _mm512_set1_epi32(128 * (bsums[0] + bsums[1])));
-      const __m512i high_dot = _mm512_sub_epi32(_mm512_add_epi32(high0, high1), _mm512_set1_epi32(128 * (bsums[2] + bsums[3])));
+      low = _mm512_sub_epi32(low, _mm512_set1_epi32(128 * (bsums[0] + bsums[1])));
+      high_dot = _mm512_sub_epi32(high_dot, _mm512_set1_epi32(128 * (bsums[2] + bsums[3])));
       scaled[r] = _mm512_add_epi32(scaled[r], _mm512_add_epi32(_mm512_mullo_epi32(low, scales[2 * t]),
                                                                _mm512_mullo_epi32(high_dot, scales[2 * t + 1])));
     }
