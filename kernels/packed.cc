@@ -71,6 +71,36 @@ void PackK4Group(const MatrixView& w, int64_t g, uint8_t* dst) {
   }
 }
 
+// Q3_K: the bits of row i's element e (within its super-block's lines after
+// the scales): its 2-bit quant and its third bit.
+Place Q3_KQuantBits(int i, int e) {
+  const int q = e / 32, k = e % 32 / 4;
+  return {192 + 192 * static_cast<uint64_t>(q) + 64 * (k / 4) + 4 * i + e % 4, 2 * (k % 4)};
+}
+Place Q3_KThirdBit(int i, int e) {
+  return {192 + 192 * static_cast<uint64_t>(e / 32) + 128 + 4 * i + e % 4, e % 32 / 4};
+}
+
+// Packs rows [16g, 16g + 16) of a Q3_K matrix into `dst`.
+void PackQ3_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
+  const int64_t nb = w.cols / kQK_K;
+  for (int i = 0; i < kPackRows; ++i) {
+    const auto* blocks = reinterpret_cast<const BlockQ3_K*>(w.row(g * kPackRows + i));
+    for (int64_t s = 0; s < nb; ++s) {
+      const BlockQ3_K& block = blocks[s];
+      std::memcpy(dst + PackedDsFirstDOffset(s) + 2 * i, &block.d, 2);
+      uint8_t* sb = dst + PackedQ3_KBlockOffset(nb, s);
+      for (int b = 0; b < 12; ++b) sb[16 * b + i] = block.scales[b];
+      for (int e = 0; e < kQK_K; ++e) {
+        const int h = e / 128, j = e % 128 / 32, l = e % 32;
+        const Place quant = Q3_KQuantBits(i, e), third = Q3_KThirdBit(i, e);
+        sb[quant.byte] |= static_cast<uint8_t>(((block.qs[32 * h + l] >> (2 * j)) & 3) << quant.shift);
+        sb[third.byte] |= static_cast<uint8_t>(((block.hmask[l] >> (4 * h + j)) & 1) << third.shift);
+      }
+    }
+  }
+}
+
 // IQ4_XS: the byte holding element l of sub-block j of row i, and its nibble.
 Place IQ4_XSQuant(int i, int j, int l) {
   return {PackedIQ4_XSPairOffset(j / 2) + 64 * (l / 4) + 4 * i + l % 4, 4 * (j % 2)};
@@ -130,6 +160,7 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
   if (w.type == TensorType::kQ5_K) return PackK4Group<BlockQ5_K>(w, g, dst);
   if (w.type == TensorType::kQ6_K) return PackQ6_KGroup(w, g, dst);
   if (w.type == TensorType::kIQ4_XS) return PackIQ4_XSGroup(w, g, dst);
+  if (w.type == TensorType::kQ3_K) return PackQ3_KGroup(w, g, dst);
   const int64_t nb = w.cols / kQK;
   const int chunk_bytes = ChunkCount(w.type) * 64;
   for (int i = 0; i < kPackRows; ++i) {
@@ -155,6 +186,20 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
 }  // namespace
 
 void UnpackKQuantBlock(TensorType type, const uint8_t* group, int64_t nb, int64_t s, int i, void* block) {
+  if (type == TensorType::kQ3_K) {
+    BlockQ3_K& b = *static_cast<BlockQ3_K*>(block);
+    b = BlockQ3_K{};
+    std::memcpy(&b.d, group + PackedDsFirstDOffset(s) + 2 * i, 2);
+    const uint8_t* sb = group + PackedQ3_KBlockOffset(nb, s);
+    for (int k = 0; k < 12; ++k) b.scales[k] = sb[16 * k + i];
+    for (int e = 0; e < kQK_K; ++e) {
+      const int h = e / 128, j = e % 128 / 32, l = e % 32;
+      const Place quant = Q3_KQuantBits(i, e), third = Q3_KThirdBit(i, e);
+      b.qs[32 * h + l] |= static_cast<uint8_t>(((sb[quant.byte] >> quant.shift) & 3) << (2 * j));
+      b.hmask[l] |= static_cast<uint8_t>(((sb[third.byte] >> third.shift) & 1) << (4 * h + j));
+    }
+    return;
+  }
   if (type == TensorType::kIQ4_XS) {
     BlockIQ4_XS& b = *static_cast<BlockIQ4_XS*>(block);
     b = BlockIQ4_XS{};
@@ -213,6 +258,7 @@ bool CanPack(TensorType type, const KernelSet& ks) {
     case TensorType::kQ5_K: return ks.gemm_q5_K_x16 != nullptr;
     case TensorType::kQ6_K: return ks.gemm_q6_K_x16 != nullptr;
     case TensorType::kIQ4_XS: return ks.gemm_iq4_xs_x16 != nullptr;
+    case TensorType::kQ3_K: return ks.gemm_q3_K_x16 != nullptr;
     default: return false;
   }
 }
@@ -223,6 +269,7 @@ uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
   }
   if (type == TensorType::kQ6_K) return PackedQ6_KBlockOffset(cols / kQK_K, cols / kQK_K);
   if (type == TensorType::kIQ4_XS) return static_cast<uint64_t>(cols / kQK_K) * kPackedIQ4_XSBytes;
+  if (type == TensorType::kQ3_K) return PackedQ3_KBlockOffset(cols / kQK_K, cols / kQK_K);
   const uint64_t nb = static_cast<uint64_t>(cols / kQK);
   if (IsHalf(type)) return nb * 16 * 64;
   return (nb + 1) / 2 * 64 + nb * ChunkCount(type) * 64;  // scale lines and quants

@@ -46,6 +46,15 @@
 //           16j + 4 + m, 16j + 8 + m and 16j + 12 + m (bits 0-1, 2-3, 4-5, 6-7).
 // A group is the file's bytes plus at most 32 bytes of padding.
 //
+// Q3_K (cols a multiple of 256): the 16 rows' d of every super-block first,
+// as Q6_K's; then per super-block 1728 bytes (27 lines):
+//   three lines of scales: byte b of row i at 16 b + i;
+//   per 32 elements q = 0..7 (elements 32q..32q+31, sub-blocks 2q and
+//           2q + 1), three lines: two of 2-bit quants, in line u byte 4i + m
+//           holding at bits 2p, 2p + 1 those of row i's element 32q + 4 (4u +
+//           p) + m; then one of third bits, byte 4i + m bit k that of
+//           element 32q + 4k + m.
+//
 // IQ4_XS (cols a multiple of 256): per super-block 2176 bytes (34 lines, the
 // file's bytes): one line of the 16 rows' d (fp16, row i at 2i) and then
 // their scales_h (uint16, at 32 + 2i); one line of scales_l, byte b of row i
@@ -86,17 +95,25 @@ constexpr uint64_t kPackedIQ4_XSBytes = 16 * 136;
 constexpr uint64_t kPackedIQ4_XSScalesOffset = 64;
 constexpr uint64_t PackedIQ4_XSPairOffset(int t) { return 128 + static_cast<uint64_t>(t) * 512; }
 
-// Offsets within a packed Q6_K group of nb super-blocks of super-block s's
-// d (16 fp16) and of its scale lines (then its sub-blocks' lines).
+// Offsets within a packed Q6_K or Q3_K group of nb super-blocks of
+// super-block s's d (16 fp16) and of its scale lines (then its other lines).
 constexpr uint64_t kPackedQ6_KBytes = 52 * 64;  // one super-block of 16 rows, less the d
-constexpr uint64_t PackedQ6_KDOffset(int64_t s) { return static_cast<uint64_t>(s) * 32; }
+constexpr uint64_t kPackedQ3_KBytes = 27 * 64;
+constexpr uint64_t PackedDsFirstDOffset(int64_t s) { return static_cast<uint64_t>(s) * 32; }
+constexpr uint64_t PackedDsFirstBlockOffset(int64_t nb, int64_t s, uint64_t block_bytes) {
+  return (static_cast<uint64_t>(nb) * 32 + 63) / 64 * 64 + static_cast<uint64_t>(s) * block_bytes;
+}
+constexpr uint64_t PackedQ6_KDOffset(int64_t s) { return PackedDsFirstDOffset(s); }
 constexpr uint64_t PackedQ6_KBlockOffset(int64_t nb, int64_t s) {
-  return (static_cast<uint64_t>(nb) * 32 + 63) / 64 * 64 + static_cast<uint64_t>(s) * kPackedQ6_KBytes;
+  return PackedDsFirstBlockOffset(nb, s, kPackedQ6_KBytes);
+}
+constexpr uint64_t PackedQ3_KBlockOffset(int64_t nb, int64_t s) {
+  return PackedDsFirstBlockOffset(nb, s, kPackedQ3_KBytes);
 }
 
-// Row i's super-block s of a packed Q4_K / Q5_K / Q6_K / IQ4_XS group of nb
-// super-blocks, back in the file's block layout (a BlockQ4_K, BlockQ5_K,
-// BlockQ6_K or BlockIQ4_XS at `block`): the inverse of packing, for the
+// Row i's super-block s of a packed Q3_K / Q4_K / Q5_K / Q6_K / IQ4_XS group
+// of nb super-blocks, back in the file's block layout (a BlockQ3_K,
+// BlockQ4_K, BlockQ5_K, BlockQ6_K or BlockIQ4_XS at `block`): the inverse of packing, for the
 // scalar kernels.
 void UnpackKQuantBlock(gguf::TensorType type, const uint8_t* group, int64_t nb, int64_t s, int i, void* block);
 

@@ -427,6 +427,7 @@ const KernelSet& ScalarKernels() {
     s.gemm_q5_K_x16 = GemmKQuantX16<gguf::TensorType::kQ5_K, BlockQ5_K, DotQ5_KQ8_K>;
     s.gemm_q6_K_x16 = GemmKQuantX16<gguf::TensorType::kQ6_K, BlockQ6_K, DotQ6_KQ8_K>;
     s.gemm_iq4_xs_x16 = GemmKQuantX16<gguf::TensorType::kIQ4_XS, BlockIQ4_XS, DotIQ4_XSQ8_K>;
+    s.gemm_q3_K_x16 = GemmKQuantX16<gguf::TensorType::kQ3_K, BlockQ3_K, DotLowKQ8_K<BlockQ3_K>>;
     s.dot_q4_1_q8_0 = DotLegacyQ8_0<BlockQ4_1>;
     s.dot_q5_0_q8_0 = DotLegacyQ8_0<BlockQ5_0>;
     s.dot_q5_1_q8_0 = DotLegacyQ8_0<BlockQ5_1>;

@@ -1442,7 +1442,7 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5;
   for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
-                          TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kIQ4_XS}) {
+                          TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ3_K, TensorType::kIQ4_XS}) {
     if (!CanPack(type, *ks_)) continue;
     // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for the K-quants.
     const int64_t kCols = IsKQuant(type) ? 3 * kQK_K : 7 * kQK;
@@ -1755,6 +1755,46 @@ TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
       for (int c = 0; c < kQK_K / 2; ++c) {
         const int t = c / 32, line = c % 32 / 4;
         ASSERT_EQ(sb[256 + 512 * t + 64 * line + 4 * i + c % 4], (7 * i + 3 * c + s) % 256) << s << " " << i << " " << c;
+      }
+    }
+  }
+}
+
+TEST(PackedWeightsTest, Q3_KLayoutPutsTheDsFirstThenScalesQuantsAndThirdBits) {
+  // Row i, super-block s: d = i + 1, scale byte b = 16 s + b + i, qs byte c =
+  // (5 i + 3 c + s) % 256, hmask byte l = (7 i + l + s) % 256; checked
+  // against packed.h: element e = 128 h + 32 j + l has its 2-bit quant at bits
+  // 2j of qs[32 h + l] and its third bit at bit 4h + j of hmask[l].
+  constexpr int64_t kBlocks = 3;
+  std::vector<BlockQ3_K> rows(kPackRows * kBlocks);
+  for (int i = 0; i < kPackRows; ++i) {
+    for (int s = 0; s < kBlocks; ++s) {
+      BlockQ3_K& b = rows[i * kBlocks + s];
+      b.d = Fp32ToFp16(static_cast<float>(i + 1));
+      for (int k = 0; k < 12; ++k) b.scales[k] = static_cast<uint8_t>(16 * s + k + i);
+      for (int c = 0; c < 64; ++c) b.qs[c] = static_cast<uint8_t>((5 * i + 3 * c + s) % 256);
+      for (int l = 0; l < 32; ++l) b.hmask[l] = static_cast<uint8_t>((7 * i + l + s) % 256);
+    }
+  }
+  PackedArena arena(PackedBytes(TensorType::kQ3_K, kPackRows, kBlocks * kQK_K));
+  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ3_K, rows, kBlocks);
+  ASSERT_NE(g, nullptr);
+  // The d's: 3 * 32 bytes, padded to two lines; then 27 lines per super-block.
+  EXPECT_EQ(PackedGroupBytes(TensorType::kQ3_K, kBlocks * kQK_K), 128 + kBlocks * 27 * 64);
+  for (int s = 0; s < kBlocks; ++s) {
+    const uint8_t* sb = g + 128 + s * 27 * 64;
+    for (int i = 0; i < kPackRows; ++i) {
+      uint16_t d;
+      std::memcpy(&d, g + 32 * s + 2 * i, 2);
+      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+      for (int k = 0; k < 12; ++k) ASSERT_EQ(sb[16 * k + i], 16 * s + k + i) << s << " " << i << " " << k;
+      for (int e = 0; e < 256; ++e) {
+        const int h = e / 128, j = e % 128 / 32, l = e % 32, q = e / 32, k = e % 32 / 4;
+        const int quant = (((5 * i + 3 * (32 * h + l) + s) % 256) >> (2 * j)) & 3;
+        const int bit = (((7 * i + l + s) % 256) >> (4 * h + j)) & 1;
+        const uint8_t* lines = sb + 192 + 192 * q;
+        ASSERT_EQ((lines[64 * (k / 4) + 4 * i + e % 4] >> (2 * (k % 4))) & 3, quant) << s << " " << i << " " << e;
+        ASSERT_EQ((lines[128 + 4 * i + e % 4] >> k) & 1, bit) << s << " " << i << " " << e;
       }
     }
   }
