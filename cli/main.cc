@@ -91,7 +91,7 @@ int RunInspect(const std::string& path, bool cpu) {
     // Matrices of these types are repacked at load when the kernels compute with the packed layout.
     std::string packed;
     for (gguf::TensorType t : {gguf::TensorType::kQ8_0, gguf::TensorType::kQ4_0, gguf::TensorType::kQ4_K, gguf::TensorType::kQ5_K,
-                               gguf::TensorType::kQ6_K, gguf::TensorType::kQ3_K, gguf::TensorType::kIQ4_XS,
+                               gguf::TensorType::kQ6_K, gguf::TensorType::kQ3_K, gguf::TensorType::kQ2_K, gguf::TensorType::kIQ4_XS,
                                gguf::TensorType::kBF16, gguf::TensorType::kF16}) {
       if (kernels::CanPack(t)) packed += StrCat(packed.empty() ? "" : " ", gguf::TypeName(t));
     }

@@ -485,43 +485,53 @@ inline void AddIQ4_XSSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRow
   }
 }
 
-// Packed Q3_K (packed.h) against Q8_K activations: the 16 rows' 16 signed
-// scales are unpacked to bytes at once; per 32 elements, the 2-bit quants
-// of two lines and the third bits of one (added as 4 with a masked add) make
-// unsigned values 0..7, dpbusd gives the dots of sub-blocks 2q and 2q + 1,
-// 4 times the activation's sums over them come off (the values' -4), and
-// the rows' scales multiply them into one integer sum; one float step per
-// super-block: acc += d[i] * d_x * scaled[i].
-template <int kRows, int kAhead>
-inline void AddQ3_KSuperBlock(const uint8_t* sb, const uint8_t* d16, const BlockQ8_K* const x[kRows],
+// Packed Q3_K and Q2_K (packed.h) against Q8_K activations: the 16 rows'
+// 16 scales are unpacked to bytes at once (Q3_K's signed, Q2_K's with their
+// mins); per 32 elements, the 2-bit quants of two lines (Q3_K: plus 4 where
+// the third bit is set, with a masked add) make unsigned values, dpbusd
+// gives the dots of sub-blocks 2q and 2q + 1 (Q3_K: less 4 times the
+// activation's sums over them, the values' -4), and the rows' scales
+// multiply them into one integer sum; one float step per super-block: acc
+// += d[i] d_x scaled[i] (Q2_K: - dmin[i] d_x sum_s min_s[i] bsum_s).
+template <bool kQ3, int kRows, int kAhead>
+inline void AddLowKSuperBlock(const uint8_t* sb, const uint8_t* d16, const BlockQ8_K* const x[kRows],
                               __m512 acc[kRows]) {
-  // Sub-block s's scale of row i at 16 s + i: the low nibbles of bytes 0-3
-  // (s 0-3) and 4-7 (s 4-7), then their high nibbles (s 8-15), each topped
-  // with 2 bits of bytes 8-11 (bits 0-1, 2-3, 4-5, 6-7), minus 32.
-  alignas(64) int8_t scales[256];
-  {
+  alignas(64) int8_t scales[256];  // sub-block s's scale of row i at 16 s + i
+  alignas(64) uint8_t mins[256];   // Q2_K
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  if constexpr (kQ3) {
+    // The low nibbles of bytes 0-3 (s 0-3) and 4-7 (s 4-7), then their high
+    // nibbles (s 8-15), topped with 2 bits of bytes 8-11, minus 32.
     const __m512i a = _mm512_load_si512(sb), b = _mm512_load_si512(sb + 64), c = _mm512_load_si512(sb + 128);
-    const __m512i low4 = _mm512_set1_epi8(0x0F), three = _mm512_set1_epi8(3), thirty_two = _mm512_set1_epi8(32);
     const __m512i nibbles[4] = {a, b, _mm512_srli_epi16(a, 4), _mm512_srli_epi16(b, 4)};
     for (int v = 0; v < 4; ++v) {
-      const __m512i top = _mm512_and_si512(_mm512_srli_epi16(c, 2 * v), three);
+      const __m512i top = _mm512_and_si512(_mm512_srli_epi16(c, 2 * v), _mm512_set1_epi8(3));
       const __m512i scale = _mm512_or_si512(_mm512_and_si512(nibbles[v], low4), _mm512_slli_epi16(top, 4));
-      _mm512_store_si512(scales + 64 * v, _mm512_sub_epi8(scale, thirty_two));
+      _mm512_store_si512(scales + 64 * v, _mm512_sub_epi8(scale, _mm512_set1_epi8(32)));
+    }
+  } else {
+    for (int v = 0; v < 4; ++v) {
+      const __m512i bytes = _mm512_load_si512(sb + 64 + 64 * v);
+      _mm512_store_si512(scales + 64 * v, _mm512_and_si512(bytes, low4));
+      _mm512_store_si512(mins + 64 * v, _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4));
     }
   }
   __m512i scaled[kRows];
   for (int r = 0; r < kRows; ++r) scaled[r] = _mm512_setzero_si512();
   const __m512i two_bits = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+  constexpr int kLines = kQ3 ? 3 : 2;
   for (int q = 0; q < 8; ++q) {
-    const uint8_t* lines = sb + 192 + 192 * q;
-    for (int k = 0; k < 3; ++k) _mm_prefetch(reinterpret_cast<const char*>(lines + kAhead + 64 * k), _MM_HINT_T0);
+    const uint8_t* lines = kQ3 ? sb + 192 + 192 * q : sb + PackedQ2_KQuantsOffset(q);
+    for (int k = 0; k < kLines; ++k) _mm_prefetch(reinterpret_cast<const char*>(lines + kAhead + 64 * k), _MM_HINT_T0);
     const __m512i quants[2] = {_mm512_load_si512(lines), _mm512_load_si512(lines + 64)};
-    const __m512i third = _mm512_load_si512(lines + 128);
     __m512i w[8];
-    for (int k = 0; k < 8; ++k) {
-      w[k] = _mm512_and_si512(_mm512_srli_epi16(quants[k / 4], 2 * (k % 4)), two_bits);
-      w[k] = _mm512_mask_add_epi8(w[k], _mm512_test_epi8_mask(third, _mm512_set1_epi8(static_cast<char>(1 << k))),
-                                  w[k], four);
+    for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(quants[k / 4], 2 * (k % 4)), two_bits);
+    if constexpr (kQ3) {
+      const __m512i third = _mm512_load_si512(lines + 128);
+      for (int k = 0; k < 8; ++k) {
+        w[k] = _mm512_mask_add_epi8(w[k], _mm512_test_epi8_mask(third, _mm512_set1_epi8(static_cast<char>(1 << k))),
+                                    w[k], four);
+      }
     }
     const __m512i scale_lo = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(scales + 32 * q)));
     const __m512i scale_hi =
@@ -529,24 +539,35 @@ inline void AddQ3_KSuperBlock(const uint8_t* sb, const uint8_t* d16, const Block
     for (int r = 0; r < kRows; ++r) {
       const int8_t* xq = x[r]->qs + 32 * q;
       __m512i lo0 = _mm512_setzero_si512(), lo1 = lo0, hi0 = lo0, hi1 = lo0;
-      lo0 = _mm512_dpbusd_epi32(lo0, w[0], BroadcastCode4(xq));
-      lo1 = _mm512_dpbusd_epi32(lo1, w[1], BroadcastCode4(xq + 4));
-      hi0 = _mm512_dpbusd_epi32(hi0, w[4], BroadcastCode4(xq + 16));
-      hi1 = _mm512_dpbusd_epi32(hi1, w[5], BroadcastCode4(xq + 20));
-      lo0 = _mm512_dpbusd_epi32(lo0, w[2], BroadcastCode4(xq + 8));
-      lo1 = _mm512_dpbusd_epi32(lo1, w[3], BroadcastCode4(xq + 12));
-      hi0 = _mm512_dpbusd_epi32(hi0, w[6], BroadcastCode4(xq + 24));
-      hi1 = _mm512_dpbusd_epi32(hi1, w[7], BroadcastCode4(xq + 28));
-      const int16_t* bsums = x[r]->bsums + 2 * q;
-      const __m512i lo = _mm512_sub_epi32(_mm512_add_epi32(lo0, lo1), _mm512_set1_epi32(4 * bsums[0]));
-      const __m512i hi = _mm512_sub_epi32(_mm512_add_epi32(hi0, hi1), _mm512_set1_epi32(4 * bsums[1]));
+      for (int k = 0; k < 4; k += 2) {
+        lo0 = _mm512_dpbusd_epi32(lo0, w[k], BroadcastCode4(xq + 4 * k));
+        lo1 = _mm512_dpbusd_epi32(lo1, w[k + 1], BroadcastCode4(xq + 4 * k + 4));
+        hi0 = _mm512_dpbusd_epi32(hi0, w[4 + k], BroadcastCode4(xq + 16 + 4 * k));
+        hi1 = _mm512_dpbusd_epi32(hi1, w[5 + k], BroadcastCode4(xq + 20 + 4 * k));
+      }
+      __m512i lo = _mm512_add_epi32(lo0, lo1), hi = _mm512_add_epi32(hi0, hi1);
+      if constexpr (kQ3) {
+        const int16_t* bsums = x[r]->bsums + 2 * q;
+        lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(4 * bsums[0]));
+        hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(4 * bsums[1]));
+      }
       scaled[r] = _mm512_add_epi32(scaled[r], _mm512_add_epi32(_mm512_mullo_epi32(lo, scale_lo),
                                                                _mm512_mullo_epi32(hi, scale_hi)));
     }
   }
   const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d16)));
   for (int r = 0; r < kRows; ++r) {
-    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x[r]->d)), _mm512_cvtepi32_ps(scaled[r]), acc[r]);
+    const __m512 dx = _mm512_set1_ps(x[r]->d);
+    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(scaled[r]), acc[r]);
+    if constexpr (!kQ3) {
+      __m512i min_terms = _mm512_setzero_si512();
+      for (int sub = 0; sub < 16; ++sub) {
+        min_terms = _mm512_add_epi32(min_terms, _mm512_mullo_epi32(WidenRowBytes(mins + 16 * sub),
+                                                                   _mm512_set1_epi32(x[r]->bsums[sub])));
+      }
+      const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d16 + 32)));
+      acc[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(min_terms), acc[r]);
+    }
   }
 }
 
@@ -597,7 +618,7 @@ inline void AddQ6_KSuperBlock(const uint8_t* sb, const uint8_t* d16, const Block
   }
 }
 
-// Up to four activation rows of packed Q3_K, Q4_K, Q5_K, Q6_K (kBits 3 to 6)
+// Up to four activation rows of packed Q2_K to Q6_K (kBits 2 to 6)
 // or IQ4_XS (kIQ4_XSBits), one group, a super-block at a time.
 constexpr int kIQ4_XSBits = 0;
 template <int kBits, int kRows>
@@ -612,8 +633,11 @@ void GemmKQuantX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint
     } else if constexpr (kBits == kIQ4_XSBits) {
       AddIQ4_XSSuperBlock<kRows, kPrefetchBytes>(group + s * kPackedIQ4_XSBytes, x, acc);
     } else if constexpr (kBits == 3) {
-      AddQ3_KSuperBlock<kRows, kPrefetchBytes>(group + PackedQ3_KBlockOffset(nb, s), group + PackedDsFirstDOffset(s), x,
-                                               acc);
+      AddLowKSuperBlock<true, kRows, kPrefetchBytes>(group + PackedQ3_KBlockOffset(nb, s), group + PackedDsFirstDOffset(s),
+                                                     x, acc);
+    } else if constexpr (kBits == 2) {
+      const uint8_t* sb = group + s * kPackedQ2_KBytes;
+      AddLowKSuperBlock<false, kRows, kPrefetchBytes>(sb, sb, x, acc);
     } else {
       AddK4SuperBlock<kBits == 5, kRows, kPrefetchBytes>(group + s * PackedK4Bytes(kBits == 5), x, acc);
     }
@@ -1001,6 +1025,8 @@ const KernelSet* Avx512Kernels() {
                                         GemmKQuantX16Rows<4, 4>>;
     s.gemm_q5_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<5, 1>, GemmKQuantX16Rows<5, 2>, GemmKQuantX16Rows<5, 3>,
                                         GemmKQuantX16Rows<5, 4>>;
+    s.gemm_q2_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<2, 1>, GemmKQuantX16Rows<2, 2>, GemmKQuantX16Rows<2, 3>,
+                                        GemmKQuantX16Rows<2, 4>>;
     s.gemm_q3_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<3, 1>, GemmKQuantX16Rows<3, 2>, GemmKQuantX16Rows<3, 3>,
                                         GemmKQuantX16Rows<3, 4>>;
     s.gemm_iq4_xs_x16 =

@@ -110,8 +110,9 @@ struct KernelSet {
   GemmX16 gemm_q4_K_x16 = nullptr;
   GemmX16 gemm_q5_K_x16 = nullptr;
   GemmX16 gemm_q6_K_x16 = nullptr;
-  GemmX16 gemm_iq4_xs_x16 = nullptr;  // packed IQ4_XS and Q3_K, the same way
+  GemmX16 gemm_iq4_xs_x16 = nullptr;  // packed IQ4_XS, Q3_K and Q2_K, the same way
   GemmX16 gemm_q3_K_x16 = nullptr;
+  GemmX16 gemm_q2_K_x16 = nullptr;
   // Q4_1 / Q5_0 / Q5_1 weight rows (value d * q + m, d * (q - 16), d * q + m)
   // against Q8_0 activation rows, with the signatures of dot_q4_0_q8_0 and
   // dot4_q4_0_q8_0. No packed layout: they reach micromoe mostly as the

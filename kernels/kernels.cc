@@ -287,11 +287,13 @@ PackedInput PackedInputFor(TensorType type, const Activations& x, const KernelSe
     case TensorType::kQ5_K:
     case TensorType::kQ6_K:
     case TensorType::kQ3_K:
+    case TensorType::kQ2_K:
     case TensorType::kIQ4_XS: {  // no gemv: decode streams one group after another (kernel_set.h)
       const KernelSet::GemmX16 gemm = type == TensorType::kQ4_K   ? ks.gemm_q4_K_x16
                                       : type == TensorType::kQ5_K ? ks.gemm_q5_K_x16
                                       : type == TensorType::kQ6_K ? ks.gemm_q6_K_x16
                                       : type == TensorType::kQ3_K ? ks.gemm_q3_K_x16
+                                      : type == TensorType::kQ2_K ? ks.gemm_q2_K_x16
                                                                   : ks.gemm_iq4_xs_x16;
       return {gemm, nullptr, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(), nullptr, 0};
     }

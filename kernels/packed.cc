@@ -72,10 +72,32 @@ void PackK4Group(const MatrixView& w, int64_t g, uint8_t* dst) {
 }
 
 // Q3_K: the bits of row i's element e (within its super-block's lines after
-// the scales): its 2-bit quant and its third bit.
+// the d's): its 2-bit quant and its third bit. Q2_K: its 2-bit quant.
 Place Q3_KQuantBits(int i, int e) {
   const int q = e / 32, k = e % 32 / 4;
   return {192 + 192 * static_cast<uint64_t>(q) + 64 * (k / 4) + 4 * i + e % 4, 2 * (k % 4)};
+}
+Place Q2_KQuantBits(int i, int e) {
+  const int k = e % 32 / 4;
+  return {PackedQ2_KQuantsOffset(e / 32) + 64 * (k / 4) + 4 * i + e % 4, 2 * (k % 4)};
+}
+
+// Packs rows [16g, 16g + 16) of a Q2_K matrix into `dst`.
+void PackQ2_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
+  for (int i = 0; i < kPackRows; ++i) {
+    const auto* blocks = reinterpret_cast<const BlockQ2_K*>(w.row(g * kPackRows + i));
+    for (int64_t s = 0; s < w.cols / kQK_K; ++s) {
+      const BlockQ2_K& block = blocks[s];
+      uint8_t* sb = dst + s * kPackedQ2_KBytes;
+      std::memcpy(sb + 2 * i, &block.d, 2);
+      std::memcpy(sb + 32 + 2 * i, &block.dmin, 2);
+      for (int b = 0; b < 16; ++b) sb[64 + 16 * b + i] = block.scales[b];
+      for (int e = 0; e < kQK_K; ++e) {
+        const Place p = Q2_KQuantBits(i, e);
+        sb[p.byte] |= static_cast<uint8_t>(LowKQuant(block, e) << p.shift);
+      }
+    }
+  }
 }
 Place Q3_KThirdBit(int i, int e) {
   return {192 + 192 * static_cast<uint64_t>(e / 32) + 128 + 4 * i + e % 4, e % 32 / 4};
@@ -161,6 +183,7 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
   if (w.type == TensorType::kQ6_K) return PackQ6_KGroup(w, g, dst);
   if (w.type == TensorType::kIQ4_XS) return PackIQ4_XSGroup(w, g, dst);
   if (w.type == TensorType::kQ3_K) return PackQ3_KGroup(w, g, dst);
+  if (w.type == TensorType::kQ2_K) return PackQ2_KGroup(w, g, dst);
   const int64_t nb = w.cols / kQK;
   const int chunk_bytes = ChunkCount(w.type) * 64;
   for (int i = 0; i < kPackRows; ++i) {
@@ -186,6 +209,20 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
 }  // namespace
 
 void UnpackKQuantBlock(TensorType type, const uint8_t* group, int64_t nb, int64_t s, int i, void* block) {
+  if (type == TensorType::kQ2_K) {
+    BlockQ2_K& b = *static_cast<BlockQ2_K*>(block);
+    b = BlockQ2_K{};
+    const uint8_t* sb = group + s * kPackedQ2_KBytes;
+    std::memcpy(&b.d, sb + 2 * i, 2);
+    std::memcpy(&b.dmin, sb + 32 + 2 * i, 2);
+    for (int k = 0; k < 16; ++k) b.scales[k] = sb[64 + 16 * k + i];
+    for (int e = 0; e < kQK_K; ++e) {
+      const int h = e / 128, j = e % 128 / 32, l = e % 32;
+      const Place p = Q2_KQuantBits(i, e);
+      b.qs[32 * h + l] |= static_cast<uint8_t>(((sb[p.byte] >> p.shift) & 3) << (2 * j));
+    }
+    return;
+  }
   if (type == TensorType::kQ3_K) {
     BlockQ3_K& b = *static_cast<BlockQ3_K*>(block);
     b = BlockQ3_K{};
@@ -259,6 +296,7 @@ bool CanPack(TensorType type, const KernelSet& ks) {
     case TensorType::kQ6_K: return ks.gemm_q6_K_x16 != nullptr;
     case TensorType::kIQ4_XS: return ks.gemm_iq4_xs_x16 != nullptr;
     case TensorType::kQ3_K: return ks.gemm_q3_K_x16 != nullptr;
+    case TensorType::kQ2_K: return ks.gemm_q2_K_x16 != nullptr;
     default: return false;
   }
 }
@@ -270,6 +308,7 @@ uint64_t PackedGroupBytes(TensorType type, int64_t cols) {
   if (type == TensorType::kQ6_K) return PackedQ6_KBlockOffset(cols / kQK_K, cols / kQK_K);
   if (type == TensorType::kIQ4_XS) return static_cast<uint64_t>(cols / kQK_K) * kPackedIQ4_XSBytes;
   if (type == TensorType::kQ3_K) return PackedQ3_KBlockOffset(cols / kQK_K, cols / kQK_K);
+  if (type == TensorType::kQ2_K) return static_cast<uint64_t>(cols / kQK_K) * kPackedQ2_KBytes;
   const uint64_t nb = static_cast<uint64_t>(cols / kQK);
   if (IsHalf(type)) return nb * 16 * 64;
   return (nb + 1) / 2 * 64 + nb * ChunkCount(type) * 64;  // scale lines and quants

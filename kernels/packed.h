@@ -55,6 +55,12 @@
 //           p) + m; then one of third bits, byte 4i + m bit k that of
 //           element 32q + 4k + m.
 //
+// Q2_K (cols a multiple of 256): per super-block 1344 bytes (21 lines, the
+// file's bytes): one line of the 16 rows' d (fp16, row i at 2i) and dmin (at
+// 32 + 2i); four lines of scale bytes (scale low, min high), that of
+// sub-block s of row i at 64 + 16 s + i; then per 32 elements two lines of
+// 2-bit quants as Q3_K's.
+//
 // IQ4_XS (cols a multiple of 256): per super-block 2176 bytes (34 lines, the
 // file's bytes): one line of the 16 rows' d (fp16, row i at 2i) and then
 // their scales_h (uint16, at 32 + 2i); one line of scales_l, byte b of row i
@@ -90,6 +96,10 @@ constexpr uint64_t kPackedK4ScalesOffset = 64;
 constexpr uint64_t PackedK4PairOffset(bool q5, int t) { return 256 + static_cast<uint64_t>(t) * (q5 ? 640 : 512); }
 constexpr uint64_t PackedK4Bytes(bool q5) { return q5 ? 16 * 176 : 16 * 144; }
 
+// Within one packed Q2_K super-block: its bytes and the lines of elements 32q.. .
+constexpr uint64_t kPackedQ2_KBytes = 16 * 84;
+constexpr uint64_t PackedQ2_KQuantsOffset(int q) { return 320 + static_cast<uint64_t>(q) * 128; }
+
 // Within one packed IQ4_XS super-block: the scales_l line and the lines of pair t.
 constexpr uint64_t kPackedIQ4_XSBytes = 16 * 136;
 constexpr uint64_t kPackedIQ4_XSScalesOffset = 64;
@@ -111,8 +121,8 @@ constexpr uint64_t PackedQ3_KBlockOffset(int64_t nb, int64_t s) {
   return PackedDsFirstBlockOffset(nb, s, kPackedQ3_KBytes);
 }
 
-// Row i's super-block s of a packed Q3_K / Q4_K / Q5_K / Q6_K / IQ4_XS group
-// of nb super-blocks, back in the file's block layout (a BlockQ3_K,
+// Row i's super-block s of a packed K-quant or IQ4_XS group of nb
+// super-blocks, back in the file's block layout (a BlockQ2_K, BlockQ3_K,
 // BlockQ4_K, BlockQ5_K, BlockQ6_K or BlockIQ4_XS at `block`): the inverse of packing, for the
 // scalar kernels.
 void UnpackKQuantBlock(gguf::TensorType type, const uint8_t* group, int64_t nb, int64_t s, int i, void* block);

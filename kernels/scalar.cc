@@ -247,8 +247,11 @@ float DotLowKQ8_K(const void* w, const void* x, int64_t n) {
         scaled += Q3_KScale(a[i], s) * qx;
       }
     }
-    sum += b[i].d * Fp16ToFp32(a[i].d) * static_cast<float>(scaled);
-    if constexpr (kQ2) sum -= b[i].d * Fp16ToFp32(a[i].dmin) * static_cast<float>(mins);
+    // One term per super-block, so that a row's sum and the sum of its
+    // super-blocks' dots (the packed reference) round alike.
+    float term = b[i].d * Fp16ToFp32(a[i].d) * static_cast<float>(scaled);
+    if constexpr (kQ2) term -= b[i].d * Fp16ToFp32(a[i].dmin) * static_cast<float>(mins);
+    sum += term;
   }
   return sum;
 }
@@ -428,6 +431,7 @@ const KernelSet& ScalarKernels() {
     s.gemm_q6_K_x16 = GemmKQuantX16<gguf::TensorType::kQ6_K, BlockQ6_K, DotQ6_KQ8_K>;
     s.gemm_iq4_xs_x16 = GemmKQuantX16<gguf::TensorType::kIQ4_XS, BlockIQ4_XS, DotIQ4_XSQ8_K>;
     s.gemm_q3_K_x16 = GemmKQuantX16<gguf::TensorType::kQ3_K, BlockQ3_K, DotLowKQ8_K<BlockQ3_K>>;
+    s.gemm_q2_K_x16 = GemmKQuantX16<gguf::TensorType::kQ2_K, BlockQ2_K, DotLowKQ8_K<BlockQ2_K>>;
     s.dot_q4_1_q8_0 = DotLegacyQ8_0<BlockQ4_1>;
     s.dot_q5_0_q8_0 = DotLegacyQ8_0<BlockQ5_0>;
     s.dot_q5_1_q8_0 = DotLegacyQ8_0<BlockQ5_1>;

@@ -1442,7 +1442,8 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5;
   for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
-                          TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ3_K, TensorType::kIQ4_XS}) {
+                          TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ2_K, TensorType::kQ3_K,
+                          TensorType::kIQ4_XS}) {
     if (!CanPack(type, *ks_)) continue;
     // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for the K-quants.
     const int64_t kCols = IsKQuant(type) ? 3 * kQK_K : 7 * kQK;
@@ -1795,6 +1796,44 @@ TEST(PackedWeightsTest, Q3_KLayoutPutsTheDsFirstThenScalesQuantsAndThirdBits) {
         const uint8_t* lines = sb + 192 + 192 * q;
         ASSERT_EQ((lines[64 * (k / 4) + 4 * i + e % 4] >> (2 * (k % 4))) & 3, quant) << s << " " << i << " " << e;
         ASSERT_EQ((lines[128 + 4 * i + e % 4] >> k) & 1, bit) << s << " " << i << " " << e;
+      }
+    }
+  }
+}
+
+TEST(PackedWeightsTest, Q2_KLayoutTransposesScalesThenQuantLines) {
+  // Row i, super-block s: d = i + 1, dmin = s + 1, scale byte b = 16 s + b +
+  // i, qs byte c = (5 i + 3 c + s) % 256; checked against packed.h.
+  constexpr int64_t kBlocks = 2;
+  std::vector<BlockQ2_K> rows(kPackRows * kBlocks);
+  for (int i = 0; i < kPackRows; ++i) {
+    for (int s = 0; s < kBlocks; ++s) {
+      BlockQ2_K& b = rows[i * kBlocks + s];
+      b.d = Fp32ToFp16(static_cast<float>(i + 1));
+      b.dmin = Fp32ToFp16(static_cast<float>(s + 1));
+      for (int k = 0; k < 16; ++k) b.scales[k] = static_cast<uint8_t>(16 * s + k + i);
+      for (int c = 0; c < 64; ++c) b.qs[c] = static_cast<uint8_t>((5 * i + 3 * c + s) % 256);
+    }
+  }
+  PackedArena arena(PackedBytes(TensorType::kQ2_K, kPackRows, kBlocks * kQK_K));
+  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ2_K, rows, kBlocks);
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(PackedGroupBytes(TensorType::kQ2_K, kBlocks * kQK_K), kBlocks * kPackRows * sizeof(BlockQ2_K))
+      << "the file's bytes, rearranged";
+  for (int s = 0; s < kBlocks; ++s) {
+    const uint8_t* sb = g + s * 21 * 64;
+    for (int i = 0; i < kPackRows; ++i) {
+      uint16_t d, dmin;
+      std::memcpy(&d, sb + 2 * i, 2);
+      std::memcpy(&dmin, sb + 32 + 2 * i, 2);
+      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+      EXPECT_EQ(Fp16ToFp32(dmin), static_cast<float>(s + 1));
+      for (int k = 0; k < 16; ++k) ASSERT_EQ(sb[64 + 16 * k + i], 16 * s + k + i) << s << " " << i << " " << k;
+      for (int e = 0; e < 256; ++e) {
+        const int h = e / 128, j = e % 128 / 32, l = e % 32, q = e / 32, k = e % 32 / 4;
+        const int quant = (((5 * i + 3 * (32 * h + l) + s) % 256) >> (2 * j)) & 3;
+        ASSERT_EQ((sb[320 + 128 * q + 64 * (k / 4) + 4 * i + e % 4] >> (2 * (k % 4))) & 3, quant)
+            << s << " " << i << " " << e;
       }
     }
   }
