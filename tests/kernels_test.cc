@@ -1725,20 +1725,48 @@ const uint8_t* PackOneKQuantGroup(PackedArena& arena, TensorType type, const std
       .packed;
 }
 
-TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
-  // Row i, super-block s: d = i + 1, dmin = s + 1, scale byte b = 16 s + b +
-  // i, quant byte c = (7 i + 3 c + s) % 256, checked against packed.h.
-  constexpr int64_t kBlocks = 2;
-  std::vector<BlockQ4_K> rows(kPackRows * kBlocks);
+// Sixteen rows of `blocks` super-blocks, every byte numbered: d = i + 1,
+// dmin = s + 1 (where the type has one), scale byte k = 16 s + k + i, quant
+// byte c = QuantByte(i, s, c); Q3_K's hmask byte l = (7 i + l + s) % 256,
+// IQ4_XS's scales_h = 1000 i + s.
+int QuantByte(int i, int s, int c) { return (7 * i + 3 * c + s) % 256; }
+
+template <class Block>
+std::vector<Block> NumberedRows(int64_t blocks) {
+  std::vector<Block> rows(kPackRows * blocks);
   for (int i = 0; i < kPackRows; ++i) {
-    for (int s = 0; s < kBlocks; ++s) {
-      BlockQ4_K& b = rows[i * kBlocks + s];
+    for (int s = 0; s < blocks; ++s) {
+      Block& b = rows[i * blocks + s];
       b.d = Fp32ToFp16(static_cast<float>(i + 1));
-      b.dmin = Fp32ToFp16(static_cast<float>(s + 1));
-      for (int k = 0; k < 12; ++k) b.scales[k] = static_cast<uint8_t>(16 * s + k + i);
-      for (int c = 0; c < kQK_K / 2; ++c) b.qs[c] = static_cast<uint8_t>((7 * i + 3 * c + s) % 256);
+      if constexpr (std::is_same_v<Block, BlockIQ4_XS>) {
+        b.scales_h = static_cast<uint16_t>(1000 * i + s);
+        for (size_t k = 0; k < sizeof(b.scales_l); ++k) b.scales_l[k] = static_cast<uint8_t>(16 * s + k + i);
+      } else {
+        for (size_t k = 0; k < sizeof(b.scales); ++k) b.scales[k] = static_cast<uint8_t>(16 * s + k + i);
+      }
+      if constexpr (std::is_same_v<Block, BlockQ2_K> || std::is_same_v<Block, BlockQ4_K>) {
+        b.dmin = Fp32ToFp16(static_cast<float>(s + 1));
+      }
+      if constexpr (std::is_same_v<Block, BlockQ3_K>) {
+        for (int l = 0; l < 32; ++l) b.hmask[l] = static_cast<uint8_t>((7 * i + l + s) % 256);
+      }
+      for (size_t c = 0; c < sizeof(b.qs); ++c) b.qs[c] = static_cast<uint8_t>(QuantByte(i, s, static_cast<int>(c)));
     }
   }
+  return rows;
+}
+
+// The fp16 at `p` + 2i: `want`.
+void ExpectHalfOfRow(const uint8_t* p, int i, float want) {
+  uint16_t h;
+  std::memcpy(&h, p + 2 * i, 2);
+  EXPECT_EQ(Fp16ToFp32(h), want) << "row " << i;
+}
+
+TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
+  // NumberedRows, checked against packed.h.
+  constexpr int64_t kBlocks = 2;
+  const std::vector<BlockQ4_K> rows = NumberedRows<BlockQ4_K>(kBlocks);
   PackedArena arena(PackedBytes(TensorType::kQ4_K, kPackRows, kBlocks * kQK_K));
   const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ4_K, rows, kBlocks);
   ASSERT_NE(g, nullptr);
@@ -1747,36 +1775,23 @@ TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
   for (int s = 0; s < kBlocks; ++s) {
     const uint8_t* sb = g + s * 2304;
     for (int i = 0; i < kPackRows; ++i) {
-      uint16_t d, dmin;
-      std::memcpy(&d, sb + 2 * i, 2);
-      std::memcpy(&dmin, sb + 32 + 2 * i, 2);
-      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
-      EXPECT_EQ(Fp16ToFp32(dmin), static_cast<float>(s + 1));
+      ExpectHalfOfRow(sb, i, static_cast<float>(i + 1));
+      ExpectHalfOfRow(sb + 32, i, static_cast<float>(s + 1));
       for (int k = 0; k < 12; ++k) ASSERT_EQ(sb[64 + 16 * k + i], 16 * s + k + i) << s << " " << i << " " << k;
       for (int c = 0; c < kQK_K / 2; ++c) {
         const int t = c / 32, line = c % 32 / 4;
-        ASSERT_EQ(sb[256 + 512 * t + 64 * line + 4 * i + c % 4], (7 * i + 3 * c + s) % 256) << s << " " << i << " " << c;
+        ASSERT_EQ(sb[256 + 512 * t + 64 * line + 4 * i + c % 4], QuantByte(i, s, c)) << s << " " << i << " " << c;
       }
     }
   }
 }
 
 TEST(PackedWeightsTest, Q3_KLayoutPutsTheDsFirstThenScalesQuantsAndThirdBits) {
-  // Row i, super-block s: d = i + 1, scale byte b = 16 s + b + i, qs byte c =
-  // (5 i + 3 c + s) % 256, hmask byte l = (7 i + l + s) % 256; checked
-  // against packed.h: element e = 128 h + 32 j + l has its 2-bit quant at bits
-  // 2j of qs[32 h + l] and its third bit at bit 4h + j of hmask[l].
+  // NumberedRows, checked against packed.h: element e = 128 h + 32 j + l has
+  // its 2-bit quant at bits 2j of qs[32 h + l] and its third bit at bit 4h + j
+  // of hmask[l].
   constexpr int64_t kBlocks = 3;
-  std::vector<BlockQ3_K> rows(kPackRows * kBlocks);
-  for (int i = 0; i < kPackRows; ++i) {
-    for (int s = 0; s < kBlocks; ++s) {
-      BlockQ3_K& b = rows[i * kBlocks + s];
-      b.d = Fp32ToFp16(static_cast<float>(i + 1));
-      for (int k = 0; k < 12; ++k) b.scales[k] = static_cast<uint8_t>(16 * s + k + i);
-      for (int c = 0; c < 64; ++c) b.qs[c] = static_cast<uint8_t>((5 * i + 3 * c + s) % 256);
-      for (int l = 0; l < 32; ++l) b.hmask[l] = static_cast<uint8_t>((7 * i + l + s) % 256);
-    }
-  }
+  const std::vector<BlockQ3_K> rows = NumberedRows<BlockQ3_K>(kBlocks);
   PackedArena arena(PackedBytes(TensorType::kQ3_K, kPackRows, kBlocks * kQK_K));
   const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ3_K, rows, kBlocks);
   ASSERT_NE(g, nullptr);
@@ -1785,13 +1800,11 @@ TEST(PackedWeightsTest, Q3_KLayoutPutsTheDsFirstThenScalesQuantsAndThirdBits) {
   for (int s = 0; s < kBlocks; ++s) {
     const uint8_t* sb = g + 128 + s * 27 * 64;
     for (int i = 0; i < kPackRows; ++i) {
-      uint16_t d;
-      std::memcpy(&d, g + 32 * s + 2 * i, 2);
-      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
+      ExpectHalfOfRow(g + 32 * s, i, static_cast<float>(i + 1));
       for (int k = 0; k < 12; ++k) ASSERT_EQ(sb[16 * k + i], 16 * s + k + i) << s << " " << i << " " << k;
       for (int e = 0; e < 256; ++e) {
         const int h = e / 128, j = e % 128 / 32, l = e % 32, q = e / 32, k = e % 32 / 4;
-        const int quant = (((5 * i + 3 * (32 * h + l) + s) % 256) >> (2 * j)) & 3;
+        const int quant = (QuantByte(i, s, 32 * h + l) >> (2 * j)) & 3;
         const int bit = (((7 * i + l + s) % 256) >> (4 * h + j)) & 1;
         const uint8_t* lines = sb + 192 + 192 * q;
         ASSERT_EQ((lines[64 * (k / 4) + 4 * i + e % 4] >> (2 * (k % 4))) & 3, quant) << s << " " << i << " " << e;
@@ -1802,19 +1815,9 @@ TEST(PackedWeightsTest, Q3_KLayoutPutsTheDsFirstThenScalesQuantsAndThirdBits) {
 }
 
 TEST(PackedWeightsTest, Q2_KLayoutTransposesScalesThenQuantLines) {
-  // Row i, super-block s: d = i + 1, dmin = s + 1, scale byte b = 16 s + b +
-  // i, qs byte c = (5 i + 3 c + s) % 256; checked against packed.h.
+  // NumberedRows, checked against packed.h.
   constexpr int64_t kBlocks = 2;
-  std::vector<BlockQ2_K> rows(kPackRows * kBlocks);
-  for (int i = 0; i < kPackRows; ++i) {
-    for (int s = 0; s < kBlocks; ++s) {
-      BlockQ2_K& b = rows[i * kBlocks + s];
-      b.d = Fp32ToFp16(static_cast<float>(i + 1));
-      b.dmin = Fp32ToFp16(static_cast<float>(s + 1));
-      for (int k = 0; k < 16; ++k) b.scales[k] = static_cast<uint8_t>(16 * s + k + i);
-      for (int c = 0; c < 64; ++c) b.qs[c] = static_cast<uint8_t>((5 * i + 3 * c + s) % 256);
-    }
-  }
+  const std::vector<BlockQ2_K> rows = NumberedRows<BlockQ2_K>(kBlocks);
   PackedArena arena(PackedBytes(TensorType::kQ2_K, kPackRows, kBlocks * kQK_K));
   const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ2_K, rows, kBlocks);
   ASSERT_NE(g, nullptr);
@@ -1823,15 +1826,12 @@ TEST(PackedWeightsTest, Q2_KLayoutTransposesScalesThenQuantLines) {
   for (int s = 0; s < kBlocks; ++s) {
     const uint8_t* sb = g + s * 21 * 64;
     for (int i = 0; i < kPackRows; ++i) {
-      uint16_t d, dmin;
-      std::memcpy(&d, sb + 2 * i, 2);
-      std::memcpy(&dmin, sb + 32 + 2 * i, 2);
-      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
-      EXPECT_EQ(Fp16ToFp32(dmin), static_cast<float>(s + 1));
+      ExpectHalfOfRow(sb, i, static_cast<float>(i + 1));
+      ExpectHalfOfRow(sb + 32, i, static_cast<float>(s + 1));
       for (int k = 0; k < 16; ++k) ASSERT_EQ(sb[64 + 16 * k + i], 16 * s + k + i) << s << " " << i << " " << k;
       for (int e = 0; e < 256; ++e) {
         const int h = e / 128, j = e % 128 / 32, l = e % 32, q = e / 32, k = e % 32 / 4;
-        const int quant = (((5 * i + 3 * (32 * h + l) + s) % 256) >> (2 * j)) & 3;
+        const int quant = (QuantByte(i, s, 32 * h + l) >> (2 * j)) & 3;
         ASSERT_EQ((sb[320 + 128 * q + 64 * (k / 4) + 4 * i + e % 4] >> (2 * (k % 4))) & 3, quant)
             << s << " " << i << " " << e;
       }
@@ -1840,19 +1840,9 @@ TEST(PackedWeightsTest, Q2_KLayoutTransposesScalesThenQuantLines) {
 }
 
 TEST(PackedWeightsTest, IQ4_XSLayoutPairsSubBlocksInEachByte) {
-  // Row i, super-block s: d = i + 1, scales_h = 1000 i + s, scales_l byte b =
-  // 16 s + b + i, qs byte c = (5 i + 3 c + s) % 256; checked against packed.h.
+  // NumberedRows, checked against packed.h.
   constexpr int64_t kBlocks = 2;
-  std::vector<BlockIQ4_XS> rows(kPackRows * kBlocks);
-  for (int i = 0; i < kPackRows; ++i) {
-    for (int s = 0; s < kBlocks; ++s) {
-      BlockIQ4_XS& b = rows[i * kBlocks + s];
-      b.d = Fp32ToFp16(static_cast<float>(i + 1));
-      b.scales_h = static_cast<uint16_t>(1000 * i + s);
-      for (int k = 0; k < 4; ++k) b.scales_l[k] = static_cast<uint8_t>(16 * s + k + i);
-      for (int c = 0; c < kQK_K / 2; ++c) b.qs[c] = static_cast<uint8_t>((5 * i + 3 * c + s) % 256);
-    }
-  }
+  const std::vector<BlockIQ4_XS> rows = NumberedRows<BlockIQ4_XS>(kBlocks);
   PackedArena arena(PackedBytes(TensorType::kIQ4_XS, kPackRows, kBlocks * kQK_K));
   const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kIQ4_XS, rows, kBlocks);
   ASSERT_NE(g, nullptr);
@@ -1861,10 +1851,9 @@ TEST(PackedWeightsTest, IQ4_XSLayoutPairsSubBlocksInEachByte) {
   for (int s = 0; s < kBlocks; ++s) {
     const uint8_t* sb = g + s * 2176;
     for (int i = 0; i < kPackRows; ++i) {
-      uint16_t d, high;
-      std::memcpy(&d, sb + 2 * i, 2);
+      ExpectHalfOfRow(sb, i, static_cast<float>(i + 1));
+      uint16_t high;
       std::memcpy(&high, sb + 32 + 2 * i, 2);
-      EXPECT_EQ(Fp16ToFp32(d), static_cast<float>(i + 1));
       EXPECT_EQ(high, 1000 * i + s);
       for (int k = 0; k < 4; ++k) ASSERT_EQ(sb[64 + 16 * k + i], 16 * s + k + i) << s << " " << i << " " << k;
       // Element l (< 32) of sub-block j: its nibble in the file is the low
@@ -1872,7 +1861,7 @@ TEST(PackedWeightsTest, IQ4_XSLayoutPairsSubBlocksInEachByte) {
       // or high half of byte 4 i + l % 4 of line l / 4 of pair j / 2.
       for (int j = 0; j < 8; ++j) {
         for (int l = 0; l < 32; ++l) {
-          const int byte = (5 * i + 3 * (16 * j + l % 16) + s) % 256;
+          const int byte = QuantByte(i, s, 16 * j + l % 16);
           const int want = l < 16 ? byte & 15 : byte >> 4;
           const uint8_t packed = sb[128 + 512 * (j / 2) + 64 * (l / 4) + 4 * i + l % 4];
           ASSERT_EQ(j % 2 ? packed >> 4 : packed & 15, want) << s << " " << i << " " << j << " " << l;
