@@ -362,15 +362,18 @@ inline __m512i BroadcastCode4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// Lane i: row i's dots of sub-blocks 2t (low) and 2t + 1 (high) with the 64
-// codes x (w from UnpackK4Pair), in four chains.
-inline void PairDots(const __m512i w[16], const int8_t* x, __m512i* low, __m512i* high) {
+// Lane i: row i's dots of two sub-blocks of 4 kVectors elements with the
+// codes x: the low one from w[0, kVectors), the high one from w[kVectors,
+// 2 kVectors) against the next codes; in four chains. (A pair of Q4_K
+// sub-blocks from UnpackK4Pair: kVectors 8; 32 elements of Q2_K / Q3_K: 4.)
+template <int kVectors>
+inline void PairDots(const __m512i* w, const int8_t* x, __m512i* low, __m512i* high) {
   __m512i low0 = _mm512_setzero_si512(), low1 = low0, high0 = low0, high1 = low0;
-  for (int k = 0; k < 8; k += 2) {
+  for (int k = 0; k < kVectors; k += 2) {
     low0 = _mm512_dpbusd_epi32(low0, w[k], BroadcastCode4(x + 4 * k));
     low1 = _mm512_dpbusd_epi32(low1, w[k + 1], BroadcastCode4(x + 4 * k + 4));
-    high0 = _mm512_dpbusd_epi32(high0, w[8 + k], BroadcastCode4(x + 32 + 4 * k));
-    high1 = _mm512_dpbusd_epi32(high1, w[9 + k], BroadcastCode4(x + 36 + 4 * k));
+    high0 = _mm512_dpbusd_epi32(high0, w[kVectors + k], BroadcastCode4(x + 4 * (kVectors + k)));
+    high1 = _mm512_dpbusd_epi32(high1, w[kVectors + k + 1], BroadcastCode4(x + 4 * (kVectors + k) + 4));
   }
   *low = _mm512_add_epi32(low0, low1);
   *high = _mm512_add_epi32(high0, high1);
@@ -379,7 +382,7 @@ inline void PairDots(const __m512i w[16], const int8_t* x, __m512i* low, __m512i
 // Lane i: sum over sub-blocks 2t and 2t + 1 of row i's scale times its dot.
 inline __m512i ScaledPairDot(const __m512i w[16], const int8_t* x, const uint8_t* scales) {
   __m512i low, high;
-  PairDots(w, x, &low, &high);
+  PairDots<8>(w, x, &low, &high);
   return _mm512_add_epi32(_mm512_mullo_epi32(low, WidenRowBytes(scales)),
                           _mm512_mullo_epi32(high, WidenRowBytes(scales + 16)));
 }
@@ -446,6 +449,7 @@ inline void AddK4SuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], 
 template <int kRows, int kAhead>
 inline void AddIQ4_XSSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
   constexpr int kPairLines = 8;
+  for (int k = 0; k < 2; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 64 * k), _MM_HINT_T0);
   alignas(16) int8_t table[16];
   for (int v = 0; v < 16; ++v) table[v] = static_cast<int8_t>(kIQ4NLValues[v] + 128);
   const __m512i values = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
@@ -471,7 +475,7 @@ inline void AddIQ4_XSSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRow
     for (int k = 0; k < 16; ++k) w[k] = _mm512_shuffle_epi8(values, w[k]);
     for (int r = 0; r < kRows; ++r) {
       __m512i low, high_dot;
-      PairDots(w, x[r]->qs + 64 * t, &low, &high_dot);
+      PairDots<8>(w, x[r]->qs + 64 * t, &low, &high_dot);
       const int16_t* bsums = x[r]->bsums + 4 * t;
       low = _mm512_sub_epi32(low, _mm512_set1_epi32(128 * (bsums[0] + bsums[1])));
       high_dot = _mm512_sub_epi32(high_dot, _mm512_set1_epi32(128 * (bsums[2] + bsums[3])));
@@ -496,9 +500,11 @@ inline void AddIQ4_XSSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRow
 template <bool kQ3, int kRows, int kAhead>
 inline void AddLowKSuperBlock(const uint8_t* sb, const uint8_t* d16, const BlockQ8_K* const x[kRows],
                               __m512 acc[kRows]) {
+  constexpr int kHeadLines = kQ3 ? 3 : 5;  // scale lines (Q2_K: after the d / dmin line)
+  for (int k = 0; k < kHeadLines; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 64 * k), _MM_HINT_T0);
   alignas(64) int8_t scales[256];  // sub-block s's scale of row i at 16 s + i
-  alignas(64) uint8_t mins[256];   // Q2_K
   const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512i min_terms[kRows];  // Q2_K: lane i, sum over sub-blocks s of min_s[i] * bsums[s]
   if constexpr (kQ3) {
     // The low nibbles of bytes 0-3 (s 0-3) and 4-7 (s 4-7), then their high
     // nibbles (s 8-15), topped with 2 bits of bytes 8-11, minus 32.
@@ -510,10 +516,18 @@ inline void AddLowKSuperBlock(const uint8_t* sb, const uint8_t* d16, const Block
       _mm512_store_si512(scales + 64 * v, _mm512_sub_epi8(scale, _mm512_set1_epi8(32)));
     }
   } else {
+    alignas(64) uint8_t mins[256];
     for (int v = 0; v < 4; ++v) {
       const __m512i bytes = _mm512_load_si512(sb + 64 + 64 * v);
       _mm512_store_si512(scales + 64 * v, _mm512_and_si512(bytes, low4));
       _mm512_store_si512(mins + 64 * v, _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4));
+    }
+    for (int r = 0; r < kRows; ++r) {
+      min_terms[r] = _mm512_setzero_si512();
+      for (int sub = 0; sub < 16; ++sub) {
+        min_terms[r] = _mm512_add_epi32(min_terms[r], _mm512_mullo_epi32(WidenRowBytes(mins + 16 * sub),
+                                                                         _mm512_set1_epi32(x[r]->bsums[sub])));
+      }
     }
   }
   __m512i scaled[kRows];
@@ -537,15 +551,8 @@ inline void AddLowKSuperBlock(const uint8_t* sb, const uint8_t* d16, const Block
     const __m512i scale_hi =
         _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(scales + 32 * q + 16)));
     for (int r = 0; r < kRows; ++r) {
-      const int8_t* xq = x[r]->qs + 32 * q;
-      __m512i lo0 = _mm512_setzero_si512(), lo1 = lo0, hi0 = lo0, hi1 = lo0;
-      for (int k = 0; k < 4; k += 2) {
-        lo0 = _mm512_dpbusd_epi32(lo0, w[k], BroadcastCode4(xq + 4 * k));
-        lo1 = _mm512_dpbusd_epi32(lo1, w[k + 1], BroadcastCode4(xq + 4 * k + 4));
-        hi0 = _mm512_dpbusd_epi32(hi0, w[4 + k], BroadcastCode4(xq + 16 + 4 * k));
-        hi1 = _mm512_dpbusd_epi32(hi1, w[5 + k], BroadcastCode4(xq + 20 + 4 * k));
-      }
-      __m512i lo = _mm512_add_epi32(lo0, lo1), hi = _mm512_add_epi32(hi0, hi1);
+      __m512i lo, hi;
+      PairDots<4>(w, x[r]->qs + 32 * q, &lo, &hi);
       if constexpr (kQ3) {
         const int16_t* bsums = x[r]->bsums + 2 * q;
         lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(4 * bsums[0]));
@@ -559,14 +566,11 @@ inline void AddLowKSuperBlock(const uint8_t* sb, const uint8_t* d16, const Block
   for (int r = 0; r < kRows; ++r) {
     const __m512 dx = _mm512_set1_ps(x[r]->d);
     acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(scaled[r]), acc[r]);
-    if constexpr (!kQ3) {
-      __m512i min_terms = _mm512_setzero_si512();
-      for (int sub = 0; sub < 16; ++sub) {
-        min_terms = _mm512_add_epi32(min_terms, _mm512_mullo_epi32(WidenRowBytes(mins + 16 * sub),
-                                                                   _mm512_set1_epi32(x[r]->bsums[sub])));
-      }
-      const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d16 + 32)));
-      acc[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(min_terms), acc[r]);
+  }
+  if constexpr (!kQ3) {
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d16 + 32)));
+    for (int r = 0; r < kRows; ++r) {
+      acc[r] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, _mm512_set1_ps(x[r]->d)), _mm512_cvtepi32_ps(min_terms[r]), acc[r]);
     }
   }
 }
@@ -629,7 +633,7 @@ void GemmKQuantX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint
     const BlockQ8_K* x[kRows];
     for (int r = 0; r < kRows; ++r) x[r] = reinterpret_cast<const BlockQ8_K*>(xq + r * xq_stride) + s;
     if constexpr (kBits == 6) {
-      AddQ6_KSuperBlock<kRows, kPrefetchBytes>(group + PackedQ6_KBlockOffset(nb, s), group + PackedQ6_KDOffset(s), x, acc);
+      AddQ6_KSuperBlock<kRows, kPrefetchBytes>(group + PackedQ6_KBlockOffset(nb, s), group + PackedDsFirstDOffset(s), x, acc);
     } else if constexpr (kBits == kIQ4_XSBits) {
       AddIQ4_XSSuperBlock<kRows, kPrefetchBytes>(group + s * kPackedIQ4_XSBytes, x, acc);
     } else if constexpr (kBits == 3) {

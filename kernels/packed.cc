@@ -21,7 +21,8 @@ int ChunkCount(TensorType type) { return type == TensorType::kQ8_0 ? 8 : 4; }
 bool IsHalf(TensorType type) { return type == TensorType::kBF16 || type == TensorType::kF16; }
 
 // Where packed.h puts the pieces of row i of a K-quant super-block: a byte
-// offset within the super-block's bytes (for Q6_K, from the end of the d's)
+// offset within the super-block's bytes (for Q6_K and Q3_K, from the end of
+// the d's)
 // and the bit the piece starts at.
 struct Place {
   uint64_t byte;
@@ -71,16 +72,15 @@ void PackK4Group(const MatrixView& w, int64_t g, uint8_t* dst) {
   }
 }
 
-// Q3_K: the bits of row i's element e (within its super-block's lines after
-// the d's): its 2-bit quant and its third bit. Q2_K: its 2-bit quant.
-Place Q3_KQuantBits(int i, int e) {
-  const int q = e / 32, k = e % 32 / 4;
-  return {192 + 192 * static_cast<uint64_t>(q) + 64 * (k / 4) + 4 * i + e % 4, 2 * (k % 4)};
-}
-Place Q2_KQuantBits(int i, int e) {
+// Q2_K / Q3_K: the 2-bit quant of row i's element e, for quant lines of the
+// super-block's elements 32q.. at base(q) (packed.h); Q3_K's third bit.
+template <uint64_t (*kBase)(int q)>
+Place LowKQuantBits(int i, int e) {
   const int k = e % 32 / 4;
-  return {PackedQ2_KQuantsOffset(e / 32) + 64 * (k / 4) + 4 * i + e % 4, 2 * (k % 4)};
+  return {kBase(e / 32) + 64 * (k / 4) + 4 * i + e % 4, 2 * (k % 4)};
 }
+constexpr uint64_t Q3_KLinesOffset(int q) { return 192 + 192 * static_cast<uint64_t>(q); }
+Place Q3_KThirdBit(int i, int e) { return {Q3_KLinesOffset(e / 32) + 128 + 4 * i + e % 4, e % 32 / 4}; }
 
 // Packs rows [16g, 16g + 16) of a Q2_K matrix into `dst`.
 void PackQ2_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
@@ -93,16 +93,12 @@ void PackQ2_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
       std::memcpy(sb + 32 + 2 * i, &block.dmin, 2);
       for (int b = 0; b < 16; ++b) sb[64 + 16 * b + i] = block.scales[b];
       for (int e = 0; e < kQK_K; ++e) {
-        const Place p = Q2_KQuantBits(i, e);
+        const Place p = LowKQuantBits<PackedQ2_KQuantsOffset>(i, e);
         sb[p.byte] |= static_cast<uint8_t>(LowKQuant(block, e) << p.shift);
       }
     }
   }
 }
-Place Q3_KThirdBit(int i, int e) {
-  return {192 + 192 * static_cast<uint64_t>(e / 32) + 128 + 4 * i + e % 4, e % 32 / 4};
-}
-
 // Packs rows [16g, 16g + 16) of a Q3_K matrix into `dst`.
 void PackQ3_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
   const int64_t nb = w.cols / kQK_K;
@@ -115,7 +111,7 @@ void PackQ3_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
       for (int b = 0; b < 12; ++b) sb[16 * b + i] = block.scales[b];
       for (int e = 0; e < kQK_K; ++e) {
         const int h = e / 128, j = e % 128 / 32, l = e % 32;
-        const Place quant = Q3_KQuantBits(i, e), third = Q3_KThirdBit(i, e);
+        const Place quant = LowKQuantBits<Q3_KLinesOffset>(i, e), third = Q3_KThirdBit(i, e);
         sb[quant.byte] |= static_cast<uint8_t>(((block.qs[32 * h + l] >> (2 * j)) & 3) << quant.shift);
         sb[third.byte] |= static_cast<uint8_t>(((block.hmask[l] >> (4 * h + j)) & 1) << third.shift);
       }
@@ -156,7 +152,7 @@ void PackQ6_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
     const auto* blocks = reinterpret_cast<const BlockQ6_K*>(w.row(g * kPackRows + i));
     for (int64_t s = 0; s < nb; ++s) {
       const BlockQ6_K& block = blocks[s];
-      std::memcpy(dst + PackedQ6_KDOffset(s) + 2 * i, &block.d, 2);
+      std::memcpy(dst + PackedDsFirstDOffset(s) + 2 * i, &block.d, 2);
       uint8_t* sb = dst + PackedQ6_KBlockOffset(nb, s);
       for (int j = 0; j < 16; ++j) sb[16 * j + i] = static_cast<uint8_t>(block.scales[j]);
       for (int e = 0; e < kQK_K; ++e) {
@@ -218,7 +214,7 @@ void UnpackKQuantBlock(TensorType type, const uint8_t* group, int64_t nb, int64_
     for (int k = 0; k < 16; ++k) b.scales[k] = sb[64 + 16 * k + i];
     for (int e = 0; e < kQK_K; ++e) {
       const int h = e / 128, j = e % 128 / 32, l = e % 32;
-      const Place p = Q2_KQuantBits(i, e);
+      const Place p = LowKQuantBits<PackedQ2_KQuantsOffset>(i, e);
       b.qs[32 * h + l] |= static_cast<uint8_t>(((sb[p.byte] >> p.shift) & 3) << (2 * j));
     }
     return;
@@ -231,7 +227,7 @@ void UnpackKQuantBlock(TensorType type, const uint8_t* group, int64_t nb, int64_
     for (int k = 0; k < 12; ++k) b.scales[k] = sb[16 * k + i];
     for (int e = 0; e < kQK_K; ++e) {
       const int h = e / 128, j = e % 128 / 32, l = e % 32;
-      const Place quant = Q3_KQuantBits(i, e), third = Q3_KThirdBit(i, e);
+      const Place quant = LowKQuantBits<Q3_KLinesOffset>(i, e), third = Q3_KThirdBit(i, e);
       b.qs[32 * h + l] |= static_cast<uint8_t>(((sb[quant.byte] >> quant.shift) & 3) << (2 * j));
       b.hmask[l] |= static_cast<uint8_t>(((sb[third.byte] >> third.shift) & 1) << (4 * h + j));
     }
@@ -255,7 +251,7 @@ void UnpackKQuantBlock(TensorType type, const uint8_t* group, int64_t nb, int64_
   if (type == TensorType::kQ6_K) {
     BlockQ6_K& b = *static_cast<BlockQ6_K*>(block);
     b = BlockQ6_K{};
-    std::memcpy(&b.d, group + PackedQ6_KDOffset(s) + 2 * i, 2);
+    std::memcpy(&b.d, group + PackedDsFirstDOffset(s) + 2 * i, 2);
     const uint8_t* sb = group + PackedQ6_KBlockOffset(nb, s);
     for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<int8_t>(sb[16 * j + i]);
     for (int e = 0; e < kQK_K; ++e) {
@@ -341,7 +337,8 @@ MatrixView PackedArena::Pack(const MatrixView& w) {
   uint8_t* base = base_ + used_;
   used_ += size;  // group_bytes is a multiple of 64, so the next piece stays aligned
   // Fresh anonymous pages are zero, so the padding after each group is
-  // defined, and the Q5_K and Q6_K packers can OR their bits into place.
+  // defined, and the packers of the K-quants and IQ4_XS can OR their bits
+  // into place.
   tbb::parallel_for(int64_t{0}, groups, [&](int64_t g) { PackGroup(w, g, base + static_cast<uint64_t>(g) * group_bytes); });
   MatrixView v = w;
   v.packed = base;

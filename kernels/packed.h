@@ -113,7 +113,6 @@ constexpr uint64_t PackedDsFirstDOffset(int64_t s) { return static_cast<uint64_t
 constexpr uint64_t PackedDsFirstBlockOffset(int64_t nb, int64_t s, uint64_t block_bytes) {
   return (static_cast<uint64_t>(nb) * 32 + 63) / 64 * 64 + static_cast<uint64_t>(s) * block_bytes;
 }
-constexpr uint64_t PackedQ6_KDOffset(int64_t s) { return PackedDsFirstDOffset(s); }
 constexpr uint64_t PackedQ6_KBlockOffset(int64_t nb, int64_t s) {
   return PackedDsFirstBlockOffset(nb, s, kPackedQ6_KBytes);
 }

@@ -1622,8 +1622,11 @@ TEST_P(KernelSetTest, PackedViewsFallBackToTheFileLayoutWithoutPackedKernels) {
   constexpr int64_t kRows = 2 * kPackRows, kCols = 2 * kQK_K;
   const std::vector<float> w = RandomFloats(rng_, kRows * kCols), x = RandomFloats(rng_, kCols);
   for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
-                          TensorType::kQ5_K, TensorType::kQ6_K}) {
-    const std::vector<uint8_t> bytes = QuantizeTensor(type, w.data(), kRows, kCols);
+                          TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ2_K, TensorType::kQ3_K,
+                          TensorType::kIQ4_XS}) {
+    // The types without an encoder as random blocks.
+    const std::vector<uint8_t> bytes = CanQuantizeTo(type) ? QuantizeTensor(type, w.data(), kRows, kCols)
+                                                           : RandomKQuantRows(rng_, type, kRows, kCols / kQK_K);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     if (!CanPack(type, ScalarKernels())) GTEST_SKIP() << "scalar packed kernels expected";
     PackedArena arena(PackedBytes(type, kRows, kCols));
@@ -1795,8 +1798,9 @@ TEST(PackedWeightsTest, Q3_KLayoutPutsTheDsFirstThenScalesQuantsAndThirdBits) {
   PackedArena arena(PackedBytes(TensorType::kQ3_K, kPackRows, kBlocks * kQK_K));
   const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ3_K, rows, kBlocks);
   ASSERT_NE(g, nullptr);
-  // The d's: 3 * 32 bytes, padded to two lines; then 27 lines per super-block.
+  // The d's: 3 * 32 bytes, padded to two lines (with zeros); then 27 lines per super-block.
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ3_K, kBlocks * kQK_K), 128 + kBlocks * 27 * 64);
+  for (int b = 96; b < 128; ++b) EXPECT_EQ(g[b], 0) << b;
   for (int s = 0; s < kBlocks; ++s) {
     const uint8_t* sb = g + 128 + s * 27 * 64;
     for (int i = 0; i < kPackRows; ++i) {
