@@ -1,6 +1,6 @@
 // Block layouts of the quantized weight types (as GGUF defines them) and
 // half-precision conversions. Plain data; used by every kernel back-end.
-// The conversions are `static` so that a copy compiled with AVX flags in an
+// The functions are `static` so that a copy compiled with AVX flags in an
 // ISA-specific file can never be picked by the linker for portable code.
 #pragma once
 
@@ -26,8 +26,9 @@ struct BlockQ4_0 {
 static_assert(sizeof(BlockQ4_0) == 18);
 
 // The other 32-element types of GGUF files, multiplied against Q8_0
-// activations in the file layout (kernel_set.h): element j < 16 in the low nibble of qs[j], j + 16 in the high nibble; the
-// Q5 types take bit j of qh (little-endian) as element j's fifth bit.
+// activations in the file layout (kernel_set.h): element j < 16 in the low
+// nibble of qs[j], j + 16 in the high nibble; the Q5 types take bit j of qh
+// (little-endian) as element j's fifth bit.
 struct BlockQ4_1 {
   uint16_t d, m;  // fp16; value = d * q + m, q in 0..15
   uint8_t qs[kQK / 2];
@@ -58,7 +59,7 @@ constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1
 
 // IQ4_XS: 8 sub-blocks of 32 as IQ4_NL's (elements 32b + j < 16 in the low
 // nibble of qs[16b + j], 32b + 16 + j in the high nibble), each with a 6-bit
-// scale: value = d * (IQ4_XSScale - 32) * kIQ4NLValues[q].
+// scale s_b: value = d * (s_b - 32) * kIQ4NLValues[q] (IQ4_XSScale gives s_b - 32).
 struct BlockIQ4_XS {
   uint16_t d;
   uint16_t scales_h;  // bits 2b, 2b + 1: the top 2 bits of sub-block b's scale
@@ -67,13 +68,13 @@ struct BlockIQ4_XS {
 };
 static_assert(sizeof(BlockIQ4_XS) == 136);
 
-inline int IQ4_XSScale(const BlockIQ4_XS& b, int sub) {
+static inline int IQ4_XSScale(const BlockIQ4_XS& b, int sub) {
   return (((b.scales_l[sub / 2] >> (4 * (sub % 2))) & 0x0F) | ((b.scales_h >> (2 * sub)) & 3) << 4) - 32;
 }
 
 // Element j's stored q of a Q4_1 / Q5_0 / Q5_1 block (0..15 or 0..31).
 template <class Block>
-inline int StoredQuant(const Block& b, int j) {
+static inline int StoredQuant(const Block& b, int j) {
   const int nibble = j < kQK / 2 ? b.qs[j] & 0x0F : b.qs[j - kQK / 2] >> 4;
   if constexpr (std::is_same_v<Block, BlockQ4_1>) {
     return nibble;
@@ -106,14 +107,14 @@ static_assert(sizeof(BlockQ3_K) == 110);
 // Sub-block s's signed scale (scale_s - 32). Of the 6-bit scale_s, the low 4
 // bits are the low (s < 8) or high (s >= 8) nibble of scales[s % 8], and the
 // top 2 bits are bits 2 (s / 4) and 2 (s / 4) + 1 of scales[8 + s % 4].
-inline int Q3_KScale(const BlockQ3_K& b, int s) {
+static inline int Q3_KScale(const BlockQ3_K& b, int s) {
   const int low = s < 8 ? b.scales[s] & 0x0F : b.scales[s - 8] >> 4;
   return (low | ((b.scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4) - 32;
 }
 
 // Element e's quant of a Q2_K / Q3_K block (Q3_K: with its third bit, -4..3).
 template <class Block>
-inline int LowKQuant(const Block& b, int e) {
+static inline int LowKQuant(const Block& b, int e) {
   const int h = e / 128, j = e % 128 / 32, g = e % 32 / 16, l = e % 16;
   const int q = (b.qs[32 * h + 16 * g + l] >> (2 * j)) & 3;
   if constexpr (std::is_same_v<Block, BlockQ3_K>) {
@@ -150,14 +151,14 @@ static_assert(sizeof(BlockQ6_K) == 210);
 // * (q - 32)): for e = 128h + 32g + l, the low 4 bits are in ql[64h + 32 (g %
 // 2) + l] (low nibble for g < 2, high for g >= 2) and the top 2 bits at bits
 // 2g, 2g + 1 of qh[32h + l].
-inline int Q6_KValue(const BlockQ6_K& b, int e) {
+static inline int Q6_KValue(const BlockQ6_K& b, int e) {
   const int h = e / 128, g = e % 128 / 32, l = e % 32;
   const int low = (b.ql[64 * h + 32 * (g % 2) + l] >> (4 * (g / 2))) & 0x0F;
   return low | (((b.qh[32 * h + l] >> (2 * g)) & 3) << 4);
 }
 
 // Sets element e to q, where its bits are still zero.
-inline void SetQ6_KValue(BlockQ6_K& b, int e, int q) {
+static inline void SetQ6_KValue(BlockQ6_K& b, int e, int q) {
   const int h = e / 128, g = e % 128 / 32, l = e % 32;
   b.ql[64 * h + 32 * (g % 2) + l] |= static_cast<uint8_t>((q & 0x0F) << (4 * (g / 2)));
   b.qh[32 * h + l] |= static_cast<uint8_t>((q >> 4) << (2 * g));
