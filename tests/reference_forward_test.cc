@@ -320,6 +320,51 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"moe_q5_1", Spec(4, TensorType::kQ5_1), 0.05}),
     [](const auto& info) { return info.param.name; });
 
+// The types without an encoder (random blocks from the builder): a whole
+// model's logits, prefill and decode steps (on a WorkerTeam), with the
+// matrices repacked at load (Q2_K, Q3_K, IQ4_XS on AVX-512) agree with the
+// file layout. Rows of 256 so that the K-quants hold them.
+TEST(ForwardRandomBlocks, RepackedWeightsGiveTheFileLayoutsLogits) {
+  for (TensorType type : {TensorType::kQ2_K, TensorType::kQ3_K, TensorType::kIQ4_XS, TensorType::kIQ4_NL}) {
+    tools::TinyModelSpec spec = Spec(4, type);
+    spec.n_embd = 256;
+    spec.n_ff = 256;
+    gguf::Writer w;
+    tools::BuildTinyModel(spec, &w);
+    const std::string path = ::testing::TempDir() + "/random_blocks.gguf";
+    ASSERT_TRUE(w.WriteFile(path).ok());
+    std::vector<std::vector<float>> logits[2];
+    for (int packed = 0; packed < 2; ++packed) {
+      runtime::LoadOptions options;
+      options.load_tokenizer = false;
+      options.pack_weights = packed == 1;
+      auto model = runtime::Model::Load(path, options);
+      ASSERT_TRUE(model.ok()) << model.status();
+      const auto& hp = (*model)->hparams();
+      runtime::KvCache kv(hp.n_layer, hp.n_head_kv, hp.head_dim, 16, 1);
+      ASSERT_TRUE(kv.Start(0).ok());
+      std::vector<runtime::BatchRow> rows;
+      for (int i = 0; i < 5; ++i) rows.push_back({17 * i + 1, i, 0, true});
+      std::vector<float> out;
+      ASSERT_TRUE(runtime::Forward(**model, rows, kv, &out).ok());
+      logits[packed].push_back(out);
+      for (int i = 5; i < 9; ++i) {
+        ASSERT_TRUE(runtime::Forward(**model, {{13 * i, i, 0, true}}, kv, &out).ok());
+        logits[packed].push_back(out);
+      }
+    }
+    for (size_t step = 0; step < logits[0].size(); ++step) {
+      double largest = 0, diff = 0;
+      for (size_t t = 0; t < logits[0][step].size(); ++t) {
+        largest = std::max(largest, std::fabs(static_cast<double>(logits[0][step][t])));
+        diff = std::max(diff, std::fabs(static_cast<double>(logits[0][step][t]) - logits[1][step][t]));
+      }
+      ASSERT_GT(largest, 0) << gguf::TypeName(type);
+      EXPECT_LT(diff, 1e-4 * largest) << gguf::TypeName(type) << " step " << step;
+    }
+  }
+}
+
 TEST(ForwardBatching, TwoSequencesInOneBatchEqualEachAlone) {
   gguf::Writer w;
   tools::BuildTinyModel(Spec(4, TensorType::kF32), &w);

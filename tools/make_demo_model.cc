@@ -3,7 +3,8 @@
 //   make_demo_model OUT.gguf bench [TYPE]    the benchmark shape of the performance issue
 //                                            (8 layers, hidden 1024, 8 experts of FFN 2816,
 //                                            top-2, 16 heads, 4 KV heads, vocabulary 32000)
-// TYPE is f32, f16, bf16, q8_0 (default) or q4_0.
+// TYPE is f32, f16, bf16, q8_0 (default), q4_0, or q2_k, q3_k, iq4_nl or iq4_xs
+// (random blocks: `micromoe quantize` has no encoder for those four).
 #include <cstdio>
 #include <string>
 
@@ -12,7 +13,7 @@
 int main(int argc, char** argv) {
   using micromoe::gguf::TensorType;
   if (argc < 2 || argc > 4) {
-    std::fprintf(stderr, "usage: %s OUT.gguf [demo|bench] [f32|f16|bf16|q8_0|q4_0]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s OUT.gguf [demo|bench] [f32|f16|bf16|q8_0|q4_0|q2_k|q3_k|iq4_nl|iq4_xs]\n", argv[0]);
     return 1;
   }
   const std::string shape = argc > 2 ? argv[2] : "demo";
@@ -23,6 +24,10 @@ int main(int argc, char** argv) {
   else if (type == "bf16") spec.weight_type = TensorType::kBF16;
   else if (type == "q8_0") spec.weight_type = TensorType::kQ8_0;
   else if (type == "q4_0") spec.weight_type = TensorType::kQ4_0;
+  else if (type == "q2_k") spec.weight_type = TensorType::kQ2_K;
+  else if (type == "q3_k") spec.weight_type = TensorType::kQ3_K;
+  else if (type == "iq4_nl") spec.weight_type = TensorType::kIQ4_NL;
+  else if (type == "iq4_xs") spec.weight_type = TensorType::kIQ4_XS;
   else {
     std::fprintf(stderr, "error: unknown type '%s'\n", type.c_str());
     return 1;

@@ -1,8 +1,10 @@
 #include "tools/model_builder.h"
 
+#include <cstring>
 #include <random>
 
 #include "base/str_cat.h"
+#include "kernels/quant.h"
 #include "kernels/quantize.h"
 
 namespace micromoe::tools {
@@ -18,6 +20,10 @@ class TensorFactory {
     const uint64_t cols = ne[0];
     uint64_t rows = 1;
     for (size_t i = 1; i < ne.size(); ++i) rows *= ne[i];
+    if (!kernels::CanQuantizeTo(spec_.weight_type)) {
+      w_->AddTensor(name, spec_.weight_type, ne, RandomBlocks(cols * rows, scale));
+      return;
+    }
     std::vector<float> v(cols * rows);
     std::uniform_real_distribution<float> u(-scale, scale);
     for (float& x : v) x = u(rng_);
@@ -34,6 +40,32 @@ class TensorFactory {
   }
 
  private:
+  // The types micromoe has no encoder for (Q2_K, Q3_K, IQ4_NL, IQ4_XS): random
+  // bytes, with each block's scale set so that values stay within about
+  // +-scale (the largest quant times the largest sub-block scale); Q2_K's
+  // dmin is 1.5 d, which centres its values (mean quant 1.5, scales and mins
+  // alike), as trained weights are.
+  std::vector<uint8_t> RandomBlocks(uint64_t n, float scale) {
+    const gguf::TypeTraits* t = gguf::FindTypeTraits(static_cast<uint32_t>(spec_.weight_type));
+    std::vector<uint8_t> bytes(n / t->block_elements * t->block_bytes);
+    for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng_());
+    uint64_t d_at = 0, dmin_at = 0;  // byte offsets within a block (dmin_at 0: none)
+    float largest = 1;               // the largest |value| / d of a block
+    switch (spec_.weight_type) {
+      case gguf::TensorType::kQ2_K: d_at = 80, dmin_at = 82, largest = 45; break;
+      case gguf::TensorType::kQ3_K: d_at = 108, largest = 128; break;
+      case gguf::TensorType::kIQ4_NL: largest = 127; break;
+      case gguf::TensorType::kIQ4_XS: largest = 32 * 127; break;
+      default: break;
+    }
+    const uint16_t d = kernels::Fp32ToFp16(scale / largest), dmin = kernels::Fp32ToFp16(1.5f * scale / largest);
+    for (uint64_t b = 0; b < bytes.size(); b += t->block_bytes) {
+      std::memcpy(&bytes[b + d_at], &d, 2);
+      if (dmin_at) std::memcpy(&bytes[b + dmin_at], &dmin, 2);
+    }
+    return bytes;
+  }
+
   const TinyModelSpec& spec_;
   gguf::Writer* w_;
   std::mt19937_64 rng_;
