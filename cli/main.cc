@@ -90,9 +90,10 @@ int RunInspect(const std::string& path, bool cpu) {
     std::printf("kernels: %s\n", kernels::Active().name);
     // Matrices of these types are repacked at load when the kernels compute with the packed layout.
     std::string packed;
-    for (gguf::TensorType t : {gguf::TensorType::kQ8_0, gguf::TensorType::kQ4_0, gguf::TensorType::kQ4_K, gguf::TensorType::kQ5_K,
-                               gguf::TensorType::kQ6_K, gguf::TensorType::kQ3_K, gguf::TensorType::kQ2_K, gguf::TensorType::kIQ4_XS,
-                               gguf::TensorType::kBF16, gguf::TensorType::kF16}) {
+    using gguf::TensorType;
+    for (TensorType t : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ4_K, TensorType::kQ5_K,
+                         TensorType::kQ6_K, TensorType::kQ3_K, TensorType::kQ2_K, TensorType::kIQ4_XS, TensorType::kBF16,
+                         TensorType::kF16}) {
       if (kernels::CanPack(t)) packed += StrCat(packed.empty() ? "" : " ", gguf::TypeName(t));
     }
     std::printf("repacked at load: %s\n", packed.empty() ? "none" : packed.c_str());

@@ -145,16 +145,37 @@ void Q4_0ToF32(const void* src, float* dst, int64_t n) {
 // matmul_packed, 1 thread; 1024 to 16384 bytes tried, 8192 best).
 constexpr int kPrefetchBytes = 8192;
 
-template <int kRows, bool kQ4>
+// Q5_0 (packed.h): adds 16 to the weights of the 8 vectors of
+// LoadPackedBlock<true> whose fifth bit is set (bit k of the line for vector k).
+inline void AddQ5_0FifthBits(const uint8_t* line, __m512i w[8]) {
+  const __m512i bits = _mm512_load_si512(line), sixteen = _mm512_set1_epi8(16);
+  for (int k = 0; k < 8; ++k) {
+    w[k] = _mm512_mask_add_epi8(w[k], _mm512_test_epi8_mask(bits, _mm512_set1_epi8(static_cast<char>(1 << k))), w[k],
+                                sixteen);
+  }
+}
+
+// A packed Q8_0 / Q4_0 / Q5_0 block's eight weight vectors (kQ4: Q4_0's
+// nibbles; kQ5: plus Q5_0's fifth bits).
+template <bool kQ4, bool kQ5>
+inline void LoadQuantBlock(const uint8_t* q, __m512i w[8]) {
+  LoadPackedBlock<kQ4>(q, w);
+  if constexpr (kQ5) AddQ5_0FifthBits(q + 256, w);
+}
+
+template <bool kQ4, bool kQ5>
+constexpr int kQuantChunkBytes = (kQ5 ? 5 : kQ4 ? 4 : 8) * 64;
+
+template <int kRows, bool kQ4, bool kQ5 = false>
 void GemmX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
                  uint64_t terms_stride, float* out) {
-  constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
+  constexpr int kChunkBytes = kQuantChunkBytes<kQ4, kQ5>;
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     PrefetchBlockAhead<kChunkBytes>(group, b, kPrefetchBytes);
     __m512i w[8];
-    LoadPackedBlock<kQ4>(group + PackedQuantsOffset(b, kChunkBytes), w);
+    LoadQuantBlock<kQ4, kQ5>(group + PackedQuantsOffset(b, kChunkBytes), w);
     const __m512 dw = LoadBlockScales<kChunkBytes>(group, b);
     for (int r = 0; r < kRows; ++r) {
       __m512i xb[8];
@@ -288,10 +309,10 @@ void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, flo
 // core: Q8_0 21 / 28 / 36-42 GB/s and Q4_0 19 / 22-24 / 28-37 GB/s for 1 / 2 / 4
 // groups, while a plain single-stream read ran 25-38 GB/s (8 groups: slower).
 // Group i's 16 outputs go to outs[i].
-template <bool kQ4, int kGroups>
+template <bool kQ4, int kGroups, bool kQ5 = false>
 void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, const float* terms,
                   float* const* outs) {
-  constexpr int kChunkBytes = (kQ4 ? 4 : 8) * 64;
+  constexpr int kChunkBytes = kQuantChunkBytes<kQ4, kQ5>;
   __m512 acc[kGroups];
   for (int i = 0; i < kGroups; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
@@ -302,7 +323,7 @@ void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, c
       const uint8_t* g = groups[i];
       PrefetchBlockAhead<kChunkBytes>(g, b, kPrefetchBytes / kGroups);
       __m512i w[8];
-      LoadPackedBlock<kQ4>(g + PackedQuantsOffset(b, kChunkBytes), w);
+      LoadQuantBlock<kQ4, kQ5>(g + PackedQuantsOffset(b, kChunkBytes), w);
       const __m512 dw = LoadBlockScales<kChunkBytes>(g, b);
       const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(DotPackedBlock(w, xb)), offset);
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dx), dw, acc[i]);
@@ -776,11 +797,11 @@ void GemvF16GroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* x,
 }
 
 // The streamed group kernels of each packed type, for GemvGroups.
-template <bool kQ4>
+template <bool kQ4, bool kQ5 = false>
 struct QuantGroups {
   template <int kGroups>
   static void Run(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, const float* terms, float* const* outs) {
-    GemvGroupsOf<kQ4, kGroups>(groups, nb, xq, terms, outs);
+    GemvGroupsOf<kQ4, kGroups, kQ5>(groups, nb, xq, terms, outs);
   }
 };
 template <bool kBf16>
@@ -832,6 +853,21 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
     case 2: return GemmX16Rows<2, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, out);
     case 3: return GemmX16Rows<3, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, out);
     default: return GemmX16Rows<4, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, out);
+  }
+}
+
+// Packed Q5_0 for any n_x (the AMX set's tiles of up to 16 rows included), in tiles of 4.
+void GemmQ5_0X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
+                 uint64_t terms_stride, int n_x, float* out) {
+  for (int r = 0; r < n_x; r += 4) {
+    const uint8_t* x = xq + r * xq_stride;
+    const float* t = terms + r * terms_stride;
+    switch (std::min(4, n_x - r)) {
+      case 1: GemmX16Rows<1, true, true>(group, nb, x, xq_stride, t, terms_stride, out + r * 16); break;
+      case 2: GemmX16Rows<2, true, true>(group, nb, x, xq_stride, t, terms_stride, out + r * 16); break;
+      case 3: GemmX16Rows<3, true, true>(group, nb, x, xq_stride, t, terms_stride, out + r * 16); break;
+      default: GemmX16Rows<4, true, true>(group, nb, x, xq_stride, t, terms_stride, out + r * 16); break;
+    }
   }
 }
 
@@ -1029,6 +1065,8 @@ const KernelSet* Avx512Kernels() {
                                         GemmKQuantX16Rows<4, 4>>;
     s.gemm_q5_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<5, 1>, GemmKQuantX16Rows<5, 2>, GemmKQuantX16Rows<5, 3>,
                                         GemmKQuantX16Rows<5, 4>>;
+    s.gemm_q5_0_x16 = GemmQ5_0X16;
+    s.gemv_q5_0_groups = GemvGroups<QuantGroups<true, true>>;
     s.gemm_q2_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<2, 1>, GemmKQuantX16Rows<2, 2>, GemmKQuantX16Rows<2, 3>,
                                         GemmKQuantX16Rows<2, 4>>;
     s.gemm_q3_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<3, 1>, GemmKQuantX16Rows<3, 2>, GemmKQuantX16Rows<3, 3>,

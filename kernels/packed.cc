@@ -16,7 +16,8 @@ using gguf::TensorType;
 
 namespace {
 
-int ChunkCount(TensorType type) { return type == TensorType::kQ8_0 ? 8 : 4; }
+// 64-byte lines of one packed block of a 32-element type.
+int ChunkCount(TensorType type) { return type == TensorType::kQ8_0 ? 8 : type == TensorType::kQ5_0 ? 5 : 4; }
 
 bool IsHalf(TensorType type) { return type == TensorType::kBF16 || type == TensorType::kF16; }
 
@@ -193,6 +194,13 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
         for (int e = 0; e < kQK; ++e) {
           qb[(e / 4) * 64 + i * 4 + e % 4] = static_cast<uint8_t>(block.qs[e] ^ 0x80);
         }
+      } else if (w.type == TensorType::kQ5_0) {
+        const auto& block = reinterpret_cast<const BlockQ5_0*>(row)[b];
+        scales[i] = block.d;
+        for (int e = 0; e < kQK / 2; ++e) qb[(e / 4) * 64 + i * 4 + e % 4] = block.qs[e];
+        for (int e = 0; e < kQK; ++e) {
+          qb[256 + i * 4 + e % 4] |= static_cast<uint8_t>(((block.qh[e / 8] >> (e % 8)) & 1) << (e / 4));
+        }
       } else {
         const auto& block = reinterpret_cast<const BlockQ4_0*>(row)[b];
         scales[i] = block.d;
@@ -285,6 +293,7 @@ bool CanPack(TensorType type, const KernelSet& ks) {
   switch (type) {
     case TensorType::kQ8_0: return ks.gemm_q8_0_x16 != nullptr;
     case TensorType::kQ4_0: return ks.gemm_q4_0_x16 != nullptr;
+    case TensorType::kQ5_0: return ks.gemm_q5_0_x16 != nullptr;
     case TensorType::kBF16: return ks.gemm_bf16_x16 != nullptr;
     case TensorType::kF16: return ks.gemm_f16_x16 != nullptr;
     case TensorType::kQ4_K: return ks.gemm_q4_K_x16 != nullptr;

@@ -12,7 +12,10 @@
 //     Q8_0: 8 chunks; byte j is weight 4k+j of the block as an unsigned byte
 //           (int8 value + 128), so that u8 x s8 dot products apply;
 //     Q4_0: 4 chunks; byte j is GGUF's nibble byte 4k+j (low nibble: weight
-//           4k+j, high nibble: weight 16+4k+j, each stored + 8).
+//           4k+j, high nibble: weight 16+4k+j, each stored + 8);
+//     Q5_0: Q4_0's 4 chunks (the low 4 bits, each weight stored + 16), then
+//           a line of fifth bits: byte 4i + j bit k is that of row i's
+//           weight 4k + j (qh bit 4k + j).
 // A group is then one sequential stream: with all scales after the quants
 // (a second stream per group) a core streamed packed Q4_0 5-9% slower.
 //
@@ -81,8 +84,9 @@ namespace micromoe::kernels {
 
 constexpr int kPackRows = 16;
 
-// Offsets within a packed Q8_0 / Q4_0 group of block b's scales and quants;
-// chunk_bytes: a block's quants (512 for Q8_0, 256 for Q4_0).
+// Offsets within a packed Q8_0 / Q4_0 / Q5_0 group of block b's scales and
+// quants; chunk_bytes: a block's quants (512 for Q8_0, 256 for Q4_0, 320 for
+// Q5_0).
 constexpr uint64_t PackedScalesOffset(int64_t b, int chunk_bytes) {
   return static_cast<uint64_t>(b / 2) * (64 + 2 * chunk_bytes) + (b % 2) * 32;
 }

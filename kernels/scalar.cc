@@ -312,6 +312,34 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
   }
 }
 
+// Packed Q5_0 read element by element, summed as DotLegacyQ8_0 sums the file
+// layout: per block (sum(q x) - 16 sum(x)) d_w d_x.
+void GemmQ5_0X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
+                 uint64_t /*terms_stride*/, int n_x, float* out) {
+  constexpr int kChunkBytes = 5 * 64;
+  for (int r = 0; r < n_x; ++r) {
+    const BlockQ8_0* x = reinterpret_cast<const BlockQ8_0*>(xq + r * xq_stride);
+    for (int row = 0; row < 16; ++row) {
+      float sum = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* q = group + PackedQuantsOffset(b, kChunkBytes);
+        int32_t s = 0, sx = 0;
+        for (int e = 0; e < kQK; ++e) {
+          const int j = e % 16;  // the nibble byte holding element e
+          const uint8_t v = q[(j / 4) * 64 + row * 4 + j % 4];
+          const int fifth = (q[256 + row * 4 + e % 4] >> (e / 4)) & 1;
+          s += ((e < 16 ? v & 0x0F : v >> 4) | fifth << 4) * x[b].qs[e];
+          sx += x[b].qs[e];
+        }
+        uint16_t d;
+        std::memcpy(&d, group + PackedScalesOffset(b, kChunkBytes) + 2 * row, 2);
+        sum += (s - 16 * sx) * Fp16ToFp32(d) * Fp16ToFp32(x[b].d);
+      }
+      out[r * 16 + row] = sum;
+    }
+  }
+}
+
 // Packed K-quants: each block gathered back from the packed layout, then the
 // file layout's dot product, one super-block at a time (so the float sums
 // run in the same order as over a whole row).
@@ -432,6 +460,7 @@ const KernelSet& ScalarKernels() {
     s.gemm_iq4_xs_x16 = GemmKQuantX16<gguf::TensorType::kIQ4_XS, BlockIQ4_XS, DotIQ4_XSQ8_K>;
     s.gemm_q3_K_x16 = GemmKQuantX16<gguf::TensorType::kQ3_K, BlockQ3_K, DotLowKQ8_K<BlockQ3_K>>;
     s.gemm_q2_K_x16 = GemmKQuantX16<gguf::TensorType::kQ2_K, BlockQ2_K, DotLowKQ8_K<BlockQ2_K>>;
+    s.gemm_q5_0_x16 = GemmQ5_0X16;
     s.dot_q4_1_q8_0 = DotLegacyQ8_0<BlockQ4_1>;
     s.dot_q5_0_q8_0 = DotLegacyQ8_0<BlockQ5_0>;
     s.dot_q5_1_q8_0 = DotLegacyQ8_0<BlockQ5_1>;

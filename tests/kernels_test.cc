@@ -1441,8 +1441,8 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 // and their remainders) and ranges that cut groups.
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5;
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kBF16, TensorType::kF16, TensorType::kQ4_K,
-                          TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ2_K, TensorType::kQ3_K,
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kBF16, TensorType::kF16,
+                          TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ2_K, TensorType::kQ3_K,
                           TensorType::kIQ4_XS}) {
     if (!CanPack(type, *ks_)) continue;
     // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for the K-quants.
