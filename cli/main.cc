@@ -91,9 +91,9 @@ int RunInspect(const std::string& path, bool cpu) {
     // Matrices of these types are repacked at load when the kernels compute with the packed layout.
     std::string packed;
     using gguf::TensorType;
-    for (TensorType t : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kQ4_K, TensorType::kQ5_K,
-                         TensorType::kQ6_K, TensorType::kQ3_K, TensorType::kQ2_K, TensorType::kIQ4_XS, TensorType::kBF16,
-                         TensorType::kF16}) {
+    for (TensorType t : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kIQ4_NL, TensorType::kQ4_K,
+                         TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ3_K, TensorType::kQ2_K, TensorType::kIQ4_XS,
+                         TensorType::kBF16, TensorType::kF16}) {
       if (kernels::CanPack(t)) packed += StrCat(packed.empty() ? "" : " ", gguf::TypeName(t));
     }
     std::printf("repacked at load: %s\n", packed.empty() ? "none" : packed.c_str());

@@ -155,27 +155,36 @@ inline void AddQ5_0FifthBits(const uint8_t* line, __m512i w[8]) {
   }
 }
 
-// A packed Q8_0 / Q4_0 / Q5_0 block's eight weight vectors (kQ4: Q4_0's
-// nibbles; kQ5: plus Q5_0's fifth bits).
-template <bool kQ4, bool kQ5>
+// The packed 32-element types (packed.h); Q5_0 and IQ4_NL are Q4_0's nibbles
+// plus fifth bits or looked up in IQ4_NL's values (plus 128).
+enum class Packed32 { kQ8_0, kQ4_0, kQ5_0, kIQ4_NL };
+
+// Packed block q's eight vectors of unsigned weights (LoadPackedBlock's order).
+template <Packed32 kType>
 inline void LoadQuantBlock(const uint8_t* q, __m512i w[8]) {
-  LoadPackedBlock<kQ4>(q, w);
-  if constexpr (kQ5) AddQ5_0FifthBits(q + 256, w);
+  LoadPackedBlock<kType != Packed32::kQ8_0>(q, w);
+  if constexpr (kType == Packed32::kQ5_0) AddQ5_0FifthBits(q + 256, w);
+  if constexpr (kType == Packed32::kIQ4_NL) {
+    alignas(16) int8_t table[16];
+    for (int v = 0; v < 16; ++v) table[v] = static_cast<int8_t>(kIQ4NLValues[v] + 128);
+    const __m512i values = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+    for (int k = 0; k < 8; ++k) w[k] = _mm512_shuffle_epi8(values, w[k]);
+  }
 }
 
-template <bool kQ4, bool kQ5>
-constexpr int kQuantChunkBytes = (kQ5 ? 5 : kQ4 ? 4 : 8) * 64;
+template <Packed32 kType>
+constexpr int kQuantChunkBytes = (kType == Packed32::kQ8_0 ? 8 : kType == Packed32::kQ5_0 ? 5 : 4) * 64;
 
-template <int kRows, bool kQ4, bool kQ5 = false>
+template <int kRows, Packed32 kType>
 void GemmX16Rows(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
                  uint64_t terms_stride, float* out) {
-  constexpr int kChunkBytes = kQuantChunkBytes<kQ4, kQ5>;
+  constexpr int kChunkBytes = kQuantChunkBytes<kType>;
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     PrefetchBlockAhead<kChunkBytes>(group, b, kPrefetchBytes);
     __m512i w[8];
-    LoadQuantBlock<kQ4, kQ5>(group + PackedQuantsOffset(b, kChunkBytes), w);
+    LoadQuantBlock<kType>(group + PackedQuantsOffset(b, kChunkBytes), w);
     const __m512 dw = LoadBlockScales<kChunkBytes>(group, b);
     for (int r = 0; r < kRows; ++r) {
       __m512i xb[8];
@@ -309,10 +318,10 @@ void DotQ6_KRows(const void* w, const void* x, uint64_t x_stride, int64_t n, flo
 // core: Q8_0 21 / 28 / 36-42 GB/s and Q4_0 19 / 22-24 / 28-37 GB/s for 1 / 2 / 4
 // groups, while a plain single-stream read ran 25-38 GB/s (8 groups: slower).
 // Group i's 16 outputs go to outs[i].
-template <bool kQ4, int kGroups, bool kQ5 = false>
+template <Packed32 kType, int kGroups>
 void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, const float* terms,
                   float* const* outs) {
-  constexpr int kChunkBytes = kQuantChunkBytes<kQ4, kQ5>;
+  constexpr int kChunkBytes = kQuantChunkBytes<kType>;
   __m512 acc[kGroups];
   for (int i = 0; i < kGroups; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
@@ -323,7 +332,7 @@ void GemvGroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, c
       const uint8_t* g = groups[i];
       PrefetchBlockAhead<kChunkBytes>(g, b, kPrefetchBytes / kGroups);
       __m512i w[8];
-      LoadQuantBlock<kQ4, kQ5>(g + PackedQuantsOffset(b, kChunkBytes), w);
+      LoadQuantBlock<kType>(g + PackedQuantsOffset(b, kChunkBytes), w);
       const __m512 dw = LoadBlockScales<kChunkBytes>(g, b);
       const __m512 dot = _mm512_sub_ps(_mm512_cvtepi32_ps(DotPackedBlock(w, xb)), offset);
       acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dx), dw, acc[i]);
@@ -797,11 +806,11 @@ void GemvF16GroupsOf(const uint8_t* const* groups, int64_t nb, const uint8_t* x,
 }
 
 // The streamed group kernels of each packed type, for GemvGroups.
-template <bool kQ4, bool kQ5 = false>
+template <Packed32 kType>
 struct QuantGroups {
   template <int kGroups>
   static void Run(const uint8_t* const* groups, int64_t nb, const uint8_t* xq, const float* terms, float* const* outs) {
-    GemvGroupsOf<kQ4, kGroups, kQ5>(groups, nb, xq, terms, outs);
+    GemvGroupsOf<kType, kGroups>(groups, nb, xq, terms, outs);
   }
 };
 template <bool kBf16>
@@ -845,32 +854,28 @@ void GemvGroups(const uint8_t* group, uint64_t group_bytes, int64_t n_groups, in
   }
 }
 
-template <bool kQ4>
+// Up to four activation rows (the VNNI set's packed_tile_rows).
+template <Packed32 kType>
 void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
              uint64_t terms_stride, int n_x, float* out) {
   switch (n_x) {
-    case 1: return GemmX16Rows<1, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, out);
-    case 2: return GemmX16Rows<2, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, out);
-    case 3: return GemmX16Rows<3, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, out);
-    default: return GemmX16Rows<4, kQ4>(group, nb, xq, xq_stride, terms, terms_stride, out);
+    case 1: return GemmX16Rows<1, kType>(group, nb, xq, xq_stride, terms, terms_stride, out);
+    case 2: return GemmX16Rows<2, kType>(group, nb, xq, xq_stride, terms, terms_stride, out);
+    case 3: return GemmX16Rows<3, kType>(group, nb, xq, xq_stride, terms, terms_stride, out);
+    default: return GemmX16Rows<4, kType>(group, nb, xq, xq_stride, terms, terms_stride, out);
   }
 }
 
-// Packed Q5_0 for any n_x (the AMX set's tiles of up to 16 rows included), in tiles of 4.
-void GemmQ5_0X16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
-                 uint64_t terms_stride, int n_x, float* out) {
+// Any n_x (the AMX set's tiles of up to 16 rows included) in tiles of 4:
+// packed Q5_0 and IQ4_NL, which the AMX set takes from this one.
+template <Packed32 kType>
+void GemmQuantInTilesOf4(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* terms,
+                         uint64_t terms_stride, int n_x, float* out) {
   for (int r = 0; r < n_x; r += 4) {
-    const uint8_t* x = xq + r * xq_stride;
-    const float* t = terms + r * terms_stride;
-    switch (std::min(4, n_x - r)) {
-      case 1: GemmX16Rows<1, true, true>(group, nb, x, xq_stride, t, terms_stride, out + r * 16); break;
-      case 2: GemmX16Rows<2, true, true>(group, nb, x, xq_stride, t, terms_stride, out + r * 16); break;
-      case 3: GemmX16Rows<3, true, true>(group, nb, x, xq_stride, t, terms_stride, out + r * 16); break;
-      default: GemmX16Rows<4, true, true>(group, nb, x, xq_stride, t, terms_stride, out + r * 16); break;
-    }
+    GemmX16<kType>(group, nb, xq + r * xq_stride, xq_stride, terms + r * terms_stride, terms_stride,
+                   std::min(4, n_x - r), out + r * 16);
   }
 }
-
 // One 16-lane accumulator per activation row and two sets of them (even and
 // odd columns), so eight FMA chains are in flight.
 template <int kRows>
@@ -1056,17 +1061,19 @@ const KernelSet* Avx512Kernels() {
                    QuantizeQ8_0, DotQ8_0Q8_0, DotQ4_0Q8_0, Dot4Q8_0Q8_0, Dot4Q4_0Q8_0,
                    QuantizeQ8_K, OneRow<DotK4Rows<BlockQ4_K, 1>>, OneRow<DotK4Rows<BlockQ5_K, 1>>,
                    OneRow<DotQ6_KRows<1>>, DotK4Rows<BlockQ4_K, 4>,
-                   DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<false>, GemmX16<true>,
-                   GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, SwiGluF32, GemvGroups<QuantGroups<false>>,
-                   GemvGroups<QuantGroups<true>>};
+                   DotK4Rows<BlockQ5_K, 4>, DotQ6_KRows<4>, GemmX16<Packed32::kQ8_0>, GemmX16<Packed32::kQ4_0>,
+                   GemmF32X16, DotRowsF32, WeightedRowsF32, SoftmaxF32, SwiGluF32, GemvGroups<QuantGroups<Packed32::kQ8_0>>,
+                   GemvGroups<QuantGroups<Packed32::kQ4_0>>};
     s.gemm_f16_x16 = GemmX16InTilesOf4<GemmF16X16Rows<1>, GemmF16X16Rows<2>, GemmF16X16Rows<3>, GemmF16X16Rows<4>>;
     s.gemv_f16_groups = GemvGroups<HalfGroups<false>>;
     s.gemm_q4_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<4, 1>, GemmKQuantX16Rows<4, 2>, GemmKQuantX16Rows<4, 3>,
                                         GemmKQuantX16Rows<4, 4>>;
     s.gemm_q5_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<5, 1>, GemmKQuantX16Rows<5, 2>, GemmKQuantX16Rows<5, 3>,
                                         GemmKQuantX16Rows<5, 4>>;
-    s.gemm_q5_0_x16 = GemmQ5_0X16;
-    s.gemv_q5_0_groups = GemvGroups<QuantGroups<true, true>>;
+    s.gemm_q5_0_x16 = GemmQuantInTilesOf4<Packed32::kQ5_0>;
+    s.gemv_q5_0_groups = GemvGroups<QuantGroups<Packed32::kQ5_0>>;
+    s.gemm_iq4_nl_x16 = GemmQuantInTilesOf4<Packed32::kIQ4_NL>;
+    s.gemv_iq4_nl_groups = GemvGroups<QuantGroups<Packed32::kIQ4_NL>>;
     s.gemm_q2_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<2, 1>, GemmKQuantX16Rows<2, 2>, GemmKQuantX16Rows<2, 3>,
                                         GemmKQuantX16Rows<2, 4>>;
     s.gemm_q3_K_x16 = GemmX16InTilesOf4<GemmKQuantX16Rows<3, 1>, GemmKQuantX16Rows<3, 2>, GemmKQuantX16Rows<3, 3>,

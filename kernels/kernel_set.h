@@ -113,9 +113,12 @@ struct KernelSet {
   GemmX16 gemm_iq4_xs_x16 = nullptr;  // packed IQ4_XS, Q3_K and Q2_K, the same way
   GemmX16 gemm_q3_K_x16 = nullptr;
   GemmX16 gemm_q2_K_x16 = nullptr;
-  // Packed Q5_0 as packed Q4_0 (terms: C = 16), any n_x up to packed_tile_rows.
+  // Packed Q5_0 and IQ4_NL as packed Q4_0 (terms: C = 16 and 128), any n_x
+  // up to packed_tile_rows.
   GemmX16 gemm_q5_0_x16 = nullptr;
   GemvGroups gemv_q5_0_groups = nullptr;
+  GemmX16 gemm_iq4_nl_x16 = nullptr;
+  GemvGroups gemv_iq4_nl_groups = nullptr;
   // Q4_1 / Q5_0 / Q5_1 weight rows (value d * q + m, d * (q - 16), d * q + m)
   // against Q8_0 activation rows, with the signatures of dot_q4_0_q8_0 and
   // dot4_q4_0_q8_0. No packed layout: they reach micromoe mostly as the

@@ -246,11 +246,14 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
   quantized_ = true;
   for (int64_t r = 0; r < n_x; ++r) ks.quantize_q8_0(x + r * ldx, q8_.data() + r * q8_row_bytes_, cols);
   // The packed kernels' per-block terms; the other 32-element types do not read them.
-  if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0 && weight_type != TensorType::kQ5_0) return;
+  if (weight_type != TensorType::kQ8_0 && weight_type != TensorType::kQ4_0 && weight_type != TensorType::kQ5_0 &&
+      weight_type != TensorType::kIQ4_NL) {
+    return;
+  }
   terms_stride_ = 2 * static_cast<uint64_t>(nb);
   terms_.Resize(terms_stride_ * n_x);
-  // The offset the packed unsigned weights carry (packed.h).
-  const int offset = weight_type == TensorType::kQ8_0 ? 128 : weight_type == TensorType::kQ4_0 ? 8 : 16;
+  // The offset the packed kernels' unsigned weights carry (packed.h; IQ4_NL's values + 128).
+  const int offset = weight_type == TensorType::kQ4_0 ? 8 : weight_type == TensorType::kQ5_0 ? 16 : 128;
   for (int64_t r = 0; r < n_x; ++r) {
     const BlockQ8_0* blocks = reinterpret_cast<const BlockQ8_0*>(q8_.data() + r * q8_row_bytes_);
     float* terms = terms_.data() + r * terms_stride_;
@@ -266,7 +269,7 @@ void Activations::Prepare(TensorType weight_type, const float* x, int64_t ldx, i
 namespace {
 
 // What the packed kernels of one weight type read: activation rows (codes
-// `stride` bytes apart) and per-row terms (Q8_0 / Q4_0 / Q5_0 only).
+// `stride` bytes apart) and per-row terms (the 32-element types only).
 struct PackedInput {
   KernelSet::GemmX16 gemm;
   KernelSet::GemvGroups gemv;
@@ -286,6 +289,9 @@ PackedInput PackedInputFor(TensorType type, const Activations& x, const KernelSe
               x.terms_row(0), x.terms_stride()};
     case TensorType::kQ5_0:
       return {ks.gemm_q5_0_x16, ks.gemv_q5_0_groups, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
+              x.terms_row(0), x.terms_stride()};
+    case TensorType::kIQ4_NL:
+      return {ks.gemm_iq4_nl_x16, ks.gemv_iq4_nl_groups, static_cast<const uint8_t*>(x.q8_row(0)), x.q8_row_bytes(),
               x.terms_row(0), x.terms_stride()};
     case TensorType::kQ4_K:
     case TensorType::kQ5_K:

@@ -201,7 +201,7 @@ void PackGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
         for (int e = 0; e < kQK; ++e) {
           qb[256 + i * 4 + e % 4] |= static_cast<uint8_t>(((block.qh[e / 8] >> (e % 8)) & 1) << (e / 4));
         }
-      } else {
+      } else {  // Q4_0, or IQ4_NL: the same bytes
         const auto& block = reinterpret_cast<const BlockQ4_0*>(row)[b];
         scales[i] = block.d;
         for (int e = 0; e < kQK / 2; ++e) qb[(e / 4) * 64 + i * 4 + e % 4] = block.qs[e];
@@ -294,6 +294,7 @@ bool CanPack(TensorType type, const KernelSet& ks) {
     case TensorType::kQ8_0: return ks.gemm_q8_0_x16 != nullptr;
     case TensorType::kQ4_0: return ks.gemm_q4_0_x16 != nullptr;
     case TensorType::kQ5_0: return ks.gemm_q5_0_x16 != nullptr;
+    case TensorType::kIQ4_NL: return ks.gemm_iq4_nl_x16 != nullptr;
     case TensorType::kBF16: return ks.gemm_bf16_x16 != nullptr;
     case TensorType::kF16: return ks.gemm_f16_x16 != nullptr;
     case TensorType::kQ4_K: return ks.gemm_q4_K_x16 != nullptr;

@@ -15,7 +15,8 @@
 //           4k+j, high nibble: weight 16+4k+j, each stored + 8);
 //     Q5_0: Q4_0's 4 chunks (the low 4 bits, each weight stored + 16), then
 //           a line of fifth bits: byte 4i + j bit k is that of row i's
-//           weight 4k + j (qh bit 4k + j).
+//           weight 4k + j (qh bit 4k + j);
+//     IQ4_NL: as Q4_0 (its nibbles index the 16 values).
 // A group is then one sequential stream: with all scales after the quants
 // (a second stream per group) a core streamed packed Q4_0 5-9% slower.
 //

@@ -282,7 +282,8 @@ void Dot4(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out
 
 // The packed layout read element by element (packed.h), with the same
 // per-block arithmetic as the unpacked dot products above.
-template <bool kQ4>
+// Packed Q8_0, Q4_0 and IQ4_NL (kQ4: nibbles, whose values kValue gives).
+template <bool kQ4, int (*kValue)(int) = Q4_0Value>
 void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_stride, const float* /*terms*/,
              uint64_t /*terms_stride*/, int n_x, float* out) {
   const int chunk_bytes = (kQ4 ? 4 : 8) * 64;
@@ -296,7 +297,7 @@ void GemmX16(const uint8_t* group, int64_t nb, const uint8_t* xq, uint64_t xq_st
     if (!kQ4) return static_cast<int>(q[(e / 4) * 64 + row * 4 + e % 4]) - 128;
     const int j = e % 16;  // the nibble byte holding element e
     const uint8_t v = q[(j / 4) * 64 + row * 4 + j % 4];
-    return (e < 16 ? (v & 0x0F) : (v >> 4)) - 8;
+    return kValue(e < 16 ? (v & 0x0F) : (v >> 4));
   };
   for (int r = 0; r < n_x; ++r) {
     const BlockQ8_0* x = reinterpret_cast<const BlockQ8_0*>(xq + r * xq_stride);
@@ -461,6 +462,7 @@ const KernelSet& ScalarKernels() {
     s.gemm_q3_K_x16 = GemmKQuantX16<gguf::TensorType::kQ3_K, BlockQ3_K, DotLowKQ8_K<BlockQ3_K>>;
     s.gemm_q2_K_x16 = GemmKQuantX16<gguf::TensorType::kQ2_K, BlockQ2_K, DotLowKQ8_K<BlockQ2_K>>;
     s.gemm_q5_0_x16 = GemmQ5_0X16;
+    s.gemm_iq4_nl_x16 = GemmX16<true, IQ4_NLValue>;
     s.dot_q4_1_q8_0 = DotLegacyQ8_0<BlockQ4_1>;
     s.dot_q5_0_q8_0 = DotLegacyQ8_0<BlockQ5_0>;
     s.dot_q5_1_q8_0 = DotLegacyQ8_0<BlockQ5_1>;

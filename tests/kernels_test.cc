@@ -1441,17 +1441,19 @@ TEST_P(KernelSetTest, MatMulOnTheKQuantsUsesTheirDequantization) {
 // and their remainders) and ranges that cut groups.
 TEST_P(KernelSetTest, PackedMatMulAgreesWithTheFileLayout) {
   constexpr int64_t kRows = 11 * kPackRows + 5;
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kBF16, TensorType::kF16,
-                          TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ2_K, TensorType::kQ3_K,
-                          TensorType::kIQ4_XS}) {
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ5_0, TensorType::kIQ4_NL, TensorType::kBF16,
+                          TensorType::kF16, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K, TensorType::kQ2_K,
+                          TensorType::kQ3_K, TensorType::kIQ4_XS}) {
     if (!CanPack(type, *ks_)) continue;
     // Odd block counts: 7 blocks of 32, or 3 super-blocks of 256 for the K-quants.
     const int64_t kCols = IsKQuant(type) ? 3 * kQK_K : 7 * kQK;
     // K-quant blocks of random bytes: every scale, min, quant and fifth bit
     // pattern, the extremes included.
+    // IQ4_NL (no encoder) as random blocks as well.
     const std::vector<uint8_t> bytes =
-        IsKQuant(type) ? RandomKQuantRows(rng_, type, kRows, kCols / kQK_K)
-                       : QuantizeTensor(type, RandomFloats(rng_, kRows * kCols).data(), kRows, kCols);
+        IsKQuant(type)                 ? RandomKQuantRows(rng_, type, kRows, kCols / kQK_K)
+        : type == TensorType::kIQ4_NL ? RandomLegacyRow(rng_, type, kRows * kCols / kQK)
+                                       : QuantizeTensor(type, RandomFloats(rng_, kRows * kCols).data(), kRows, kCols);
     const MatrixView plain{type, bytes.data(), kRows, kCols, RowBytes(type, kCols)};
     PackedArena arena(PackedBytes(type, kRows, kCols));
     const MatrixView view = arena.Pack(plain);

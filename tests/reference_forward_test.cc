@@ -322,8 +322,8 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The types without an encoder (random blocks from the builder): a whole
 // model's logits, prefill and decode steps (on a WorkerTeam), with the
-// matrices repacked at load (Q2_K, Q3_K, IQ4_XS on AVX-512) agree with the
-// file layout. Rows of 256 so that the K-quants hold them.
+// matrices repacked at load (on AVX-512) agree with the file layout. Rows of
+// 256 so that the K-quants hold them.
 TEST(ForwardRandomBlocks, RepackedWeightsGiveTheFileLayoutsLogits) {
   for (TensorType type : {TensorType::kQ2_K, TensorType::kQ3_K, TensorType::kIQ4_XS, TensorType::kIQ4_NL}) {
     tools::TinyModelSpec spec = Spec(4, type);
