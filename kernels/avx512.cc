@@ -155,6 +155,14 @@ inline void AddQ5_0FifthBits(const uint8_t* line, __m512i w[8]) {
   }
 }
 
+// IQ4_NL's 16 values plus 128 (so vpdpbusd takes them unsigned) in every
+// 128-bit lane, for vpshufb with nibble indices.
+inline __m512i IQ4UnsignedValues() {
+  alignas(16) static constexpr uint8_t kTable[16] = {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
+  static_assert(kTable[0] == kIQ4NLValues[0] + 128 && kTable[15] == kIQ4NLValues[15] + 128);
+  return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kTable)));
+}
+
 // The packed 32-element types (packed.h); Q5_0 and IQ4_NL are Q4_0's nibbles
 // plus fifth bits or looked up in IQ4_NL's values (plus 128).
 enum class Packed32 { kQ8_0, kQ4_0, kQ5_0, kIQ4_NL };
@@ -165,9 +173,7 @@ inline void LoadQuantBlock(const uint8_t* q, __m512i w[8]) {
   LoadPackedBlock<kType != Packed32::kQ8_0>(q, w);
   if constexpr (kType == Packed32::kQ5_0) AddQ5_0FifthBits(q + 256, w);
   if constexpr (kType == Packed32::kIQ4_NL) {
-    alignas(16) int8_t table[16];
-    for (int v = 0; v < 16; ++v) table[v] = static_cast<int8_t>(kIQ4NLValues[v] + 128);
-    const __m512i values = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+    const __m512i values = IQ4UnsignedValues();
     for (int k = 0; k < 8; ++k) w[k] = _mm512_shuffle_epi8(values, w[k]);
   }
 }
@@ -480,9 +486,7 @@ template <int kRows, int kAhead>
 inline void AddIQ4_XSSuperBlock(const uint8_t* sb, const BlockQ8_K* const x[kRows], __m512 acc[kRows]) {
   constexpr int kPairLines = 8;
   for (int k = 0; k < 2; ++k) _mm_prefetch(reinterpret_cast<const char*>(sb + kAhead + 64 * k), _MM_HINT_T0);
-  alignas(16) int8_t table[16];
-  for (int v = 0; v < 16; ++v) table[v] = static_cast<int8_t>(kIQ4NLValues[v] + 128);
-  const __m512i values = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+  const __m512i values = IQ4UnsignedValues();
   // Scales of sub-block j, one per row: (nibble j % 2 of scales_l byte j / 2)
   // | (bits 2j, 2j + 1 of scales_h) << 4, minus 32.
   const __m512i high = _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb + 32)));

@@ -120,28 +120,17 @@ struct KernelSet {
   GemmX16 gemm_iq4_nl_x16 = nullptr;
   GemvGroups gemv_iq4_nl_groups = nullptr;
   // Q4_1 / Q5_0 / Q5_1 weight rows (value d * q + m, d * (q - 16), d * q + m)
-  // against Q8_0 activation rows, with the signatures of dot_q4_0_q8_0 and
-  // dot4_q4_0_q8_0. No packed layout: they reach micromoe mostly as the
-  // fallback llama.cpp's quantizer writes for rows of K-quant files that 256
-  // does not divide (Q4_K -> Q5_0, Q5_K -> Q5_1).
-  float (*dot_q4_1_q8_0)(const void* w, const void* x, int64_t n) = nullptr;
-  float (*dot_q5_0_q8_0)(const void* w, const void* x, int64_t n) = nullptr;
-  float (*dot_q5_1_q8_0)(const void* w, const void* x, int64_t n) = nullptr;
-  void (*dot4_q4_1_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
-  void (*dot4_q5_0_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
-  void (*dot4_q5_1_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
-  // IQ4_NL against Q8_0, and Q2_K / Q3_K / IQ4_XS against Q8_K activation
-  // rows, the same way (file layout only): the low-bit types of published
-  // files that need no lookup grids, with IQ4_NL where 256 does not divide a
-  // Q2_K / Q3_K row.
-  float (*dot_iq4_nl_q8_0)(const void* w, const void* x, int64_t n) = nullptr;
-  float (*dot_q2_K_q8_K)(const void* w, const void* x, int64_t n) = nullptr;
-  float (*dot_q3_K_q8_K)(const void* w, const void* x, int64_t n) = nullptr;
-  void (*dot4_iq4_nl_q8_0)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
-  void (*dot4_q2_K_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
-  void (*dot4_q3_K_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
-  float (*dot_iq4_xs_q8_K)(const void* w, const void* x, int64_t n) = nullptr;
-  void (*dot4_iq4_xs_q8_K)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out) = nullptr;
+  // and IQ4_NL against Q8_0 activation rows, and Q2_K / Q3_K / IQ4_XS against
+  // Q8_K ones, in the file layout, with the signatures of dot_q4_0_q8_0 and
+  // dot4_q4_0_q8_0: the other types of published files that need no lookup
+  // grids (llama.cpp's quantizer writes Q5_0 / Q5_1 / IQ4_NL for rows of
+  // Q4_K / Q5_K / Q2_K-Q3_K files that 256 does not divide).
+  using RowDot = float (*)(const void* w, const void* x, int64_t n);
+  using RowDot4 = void (*)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
+  RowDot dot_q4_1_q8_0 = nullptr, dot_q5_0_q8_0 = nullptr, dot_q5_1_q8_0 = nullptr, dot_iq4_nl_q8_0 = nullptr;
+  RowDot dot_q2_K_q8_K = nullptr, dot_q3_K_q8_K = nullptr, dot_iq4_xs_q8_K = nullptr;
+  RowDot4 dot4_q4_1_q8_0 = nullptr, dot4_q5_0_q8_0 = nullptr, dot4_q5_1_q8_0 = nullptr, dot4_iq4_nl_q8_0 = nullptr;
+  RowDot4 dot4_q2_K_q8_K = nullptr, dot4_q3_K_q8_K = nullptr, dot4_iq4_xs_q8_K = nullptr;
 };
 
 // Plain C++ reference; always available.

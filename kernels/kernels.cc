@@ -114,29 +114,26 @@ void LowKToF32(const void* src, float* dst, int64_t n) {
   }
 }
 
+// 32 IQ4 nibbles (element j low in qs[j], j + 16 high) as scale times their values.
+void IQ4NibblesToF32(const uint8_t* qs, float scale, float* y) {
+  for (int j = 0; j < kQK / 2; ++j) {
+    y[j] = scale * kIQ4NLValues[qs[j] & 0x0F];
+    y[j + kQK / 2] = scale * kIQ4NLValues[qs[j] >> 4];
+  }
+}
+
 void IQ4_XSToF32(const void* src, float* dst, int64_t n) {
   const BlockIQ4_XS* b = static_cast<const BlockIQ4_XS*>(src);
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     for (int sub = 0; sub < kQK_K / 32; ++sub) {
-      const float dl = Fp16ToFp32(b[i].d) * IQ4_XSScale(b[i], sub);
-      float* y = dst + i * kQK_K + 32 * sub;
-      for (int j = 0; j < 16; ++j) {
-        y[j] = dl * kIQ4NLValues[b[i].qs[16 * sub + j] & 0x0F];
-        y[j + 16] = dl * kIQ4NLValues[b[i].qs[16 * sub + j] >> 4];
-      }
+      IQ4NibblesToF32(b[i].qs + 16 * sub, Fp16ToFp32(b[i].d) * IQ4_XSScale(b[i], sub), dst + i * kQK_K + 32 * sub);
     }
   }
 }
 
 void IQ4_NLToF32(const void* src, float* dst, int64_t n) {
   const BlockIQ4_NL* b = static_cast<const BlockIQ4_NL*>(src);
-  for (int64_t i = 0; i < n / kQK; ++i) {
-    const float d = Fp16ToFp32(b[i].d);
-    for (int j = 0; j < kQK / 2; ++j) {
-      dst[i * kQK + j] = d * kIQ4NLValues[b[i].qs[j] & 0x0F];
-      dst[i * kQK + j + kQK / 2] = d * kIQ4NLValues[b[i].qs[j] >> 4];
-    }
-  }
+  for (int64_t i = 0; i < n / kQK; ++i) IQ4NibblesToF32(b[i].qs, Fp16ToFp32(b[i].d), dst + i * kQK);
 }
 
 template <class Block>
@@ -348,14 +345,11 @@ void MatMulPackedRows(const MatrixView& w, const Activations& x, float* y, int64
   }
 }
 
-using RowDot = float (*)(const void* w, const void* x, int64_t n);
-using RowDot4 = void (*)(const void* w, const void* x, uint64_t x_stride, int64_t n, float* out);
-
 // Rows [o_begin, o_end) with integer dot products on the quantized
 // activations, four activation rows per call where there are four, so each
 // weight row (in L1 meanwhile) is unpacked once per four.
 void MatMulQuantizedRows(const MatrixView& w, const Activations& x, float* y, int64_t ldy, int64_t o_begin,
-                         int64_t o_end, RowDot dot, RowDot4 dot4) {
+                         int64_t o_end, KernelSet::RowDot dot, KernelSet::RowDot4 dot4) {
   const int64_t n_x = x.n_rows();
   for (int64_t o = o_begin; o < o_end; ++o) {
     int64_t r = 0;

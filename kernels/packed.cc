@@ -100,6 +100,7 @@ void PackQ2_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
     }
   }
 }
+
 // Packs rows [16g, 16g + 16) of a Q3_K matrix into `dst`.
 void PackQ3_KGroup(const MatrixView& w, int64_t g, uint8_t* dst) {
   const int64_t nb = w.cols / kQK_K;

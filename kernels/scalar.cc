@@ -94,18 +94,24 @@ float DotQ8_0Q8_0(const void* w, const void* x, int64_t n) {
 int Q4_0Value(int q) { return q - 8; }
 int IQ4_NLValue(int q) { return kIQ4NLValues[q]; }
 
+// The integer dot of 32 nibbles (element j low in qs[j], j + 16 high) with 32 codes.
+template <int (*kValue)(int)>
+int32_t NibbleDot(const uint8_t* qs, const int8_t* x) {
+  int32_t s = 0;
+  for (int j = 0; j < kQK / 2; ++j) {
+    s += kValue(qs[j] & 0x0F) * x[j];
+    s += kValue(qs[j] >> 4) * x[j + kQK / 2];
+  }
+  return s;
+}
+
 template <int (*kValue)(int)>
 float DotNibblesQ8_0(const void* w, const void* x, int64_t n) {
   const BlockQ4_0* a = static_cast<const BlockQ4_0*>(w);
   const BlockQ8_0* b = static_cast<const BlockQ8_0*>(x);
   float sum = 0;
   for (int64_t i = 0; i < n / kQK; ++i) {
-    int32_t s = 0;
-    for (int j = 0; j < kQK / 2; ++j) {
-      s += kValue(a[i].qs[j] & 0x0F) * b[i].qs[j];
-      s += kValue(a[i].qs[j] >> 4) * b[i].qs[j + kQK / 2];
-    }
-    sum += s * Fp16ToFp32(a[i].d) * Fp16ToFp32(b[i].d);
+    sum += NibbleDot<kValue>(a[i].qs, b[i].qs) * Fp16ToFp32(a[i].d) * Fp16ToFp32(b[i].d);
   }
   return sum;
 }
@@ -263,12 +269,7 @@ float DotIQ4_XSQ8_K(const void* w, const void* x, int64_t n) {
   for (int64_t i = 0; i < n / kQK_K; ++i) {
     int32_t scaled = 0;
     for (int sub = 0; sub < kQK_K / 32; ++sub) {
-      int32_t qx = 0;
-      for (int j = 0; j < 16; ++j) {
-        qx += kIQ4NLValues[a[i].qs[16 * sub + j] & 0x0F] * b[i].qs[32 * sub + j];
-        qx += kIQ4NLValues[a[i].qs[16 * sub + j] >> 4] * b[i].qs[32 * sub + 16 + j];
-      }
-      scaled += IQ4_XSScale(a[i], sub) * qx;
+      scaled += IQ4_XSScale(a[i], sub) * NibbleDot<IQ4_NLValue>(a[i].qs + 16 * sub, b[i].qs + 32 * sub);
     }
     sum += b[i].d * Fp16ToFp32(a[i].d) * static_cast<float>(scaled);
   }

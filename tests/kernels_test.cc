@@ -1768,12 +1768,21 @@ void ExpectHalfOfRow(const uint8_t* p, int i, float want) {
   EXPECT_EQ(Fp16ToFp32(h), want) << "row " << i;
 }
 
+// One packed group of NumberedRows<Block>(blocks), with the arena holding it.
+template <class Block>
+struct NumberedGroup {
+  NumberedGroup(TensorType type, int64_t blocks)
+      : arena(PackedBytes(type, kPackRows, blocks * kQK_K)),
+        group(PackOneKQuantGroup(arena, type, NumberedRows<Block>(blocks), blocks)) {}
+  PackedArena arena;
+  const uint8_t* group;
+};
+
 TEST(PackedWeightsTest, Q4_KLayoutTransposesScalesAndInterleavesQuants) {
   // NumberedRows, checked against packed.h.
   constexpr int64_t kBlocks = 2;
-  const std::vector<BlockQ4_K> rows = NumberedRows<BlockQ4_K>(kBlocks);
-  PackedArena arena(PackedBytes(TensorType::kQ4_K, kPackRows, kBlocks * kQK_K));
-  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ4_K, rows, kBlocks);
+  const NumberedGroup<BlockQ4_K> packed(TensorType::kQ4_K, kBlocks);
+  const uint8_t* g = packed.group;
   ASSERT_NE(g, nullptr);
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ4_K, kBlocks * kQK_K), kBlocks * kPackRows * sizeof(BlockQ4_K))
       << "the file's bytes, rearranged";
@@ -1796,9 +1805,8 @@ TEST(PackedWeightsTest, Q3_KLayoutPutsTheDsFirstThenScalesQuantsAndThirdBits) {
   // its 2-bit quant at bits 2j of qs[32 h + l] and its third bit at bit 4h + j
   // of hmask[l].
   constexpr int64_t kBlocks = 3;
-  const std::vector<BlockQ3_K> rows = NumberedRows<BlockQ3_K>(kBlocks);
-  PackedArena arena(PackedBytes(TensorType::kQ3_K, kPackRows, kBlocks * kQK_K));
-  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ3_K, rows, kBlocks);
+  const NumberedGroup<BlockQ3_K> packed(TensorType::kQ3_K, kBlocks);
+  const uint8_t* g = packed.group;
   ASSERT_NE(g, nullptr);
   // The d's: 3 * 32 bytes, padded to two lines (with zeros); then 27 lines per super-block.
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ3_K, kBlocks * kQK_K), 128 + kBlocks * 27 * 64);
@@ -1823,9 +1831,8 @@ TEST(PackedWeightsTest, Q3_KLayoutPutsTheDsFirstThenScalesQuantsAndThirdBits) {
 TEST(PackedWeightsTest, Q2_KLayoutTransposesScalesThenQuantLines) {
   // NumberedRows, checked against packed.h.
   constexpr int64_t kBlocks = 2;
-  const std::vector<BlockQ2_K> rows = NumberedRows<BlockQ2_K>(kBlocks);
-  PackedArena arena(PackedBytes(TensorType::kQ2_K, kPackRows, kBlocks * kQK_K));
-  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kQ2_K, rows, kBlocks);
+  const NumberedGroup<BlockQ2_K> packed(TensorType::kQ2_K, kBlocks);
+  const uint8_t* g = packed.group;
   ASSERT_NE(g, nullptr);
   EXPECT_EQ(PackedGroupBytes(TensorType::kQ2_K, kBlocks * kQK_K), kBlocks * kPackRows * sizeof(BlockQ2_K))
       << "the file's bytes, rearranged";
@@ -1848,9 +1855,8 @@ TEST(PackedWeightsTest, Q2_KLayoutTransposesScalesThenQuantLines) {
 TEST(PackedWeightsTest, IQ4_XSLayoutPairsSubBlocksInEachByte) {
   // NumberedRows, checked against packed.h.
   constexpr int64_t kBlocks = 2;
-  const std::vector<BlockIQ4_XS> rows = NumberedRows<BlockIQ4_XS>(kBlocks);
-  PackedArena arena(PackedBytes(TensorType::kIQ4_XS, kPackRows, kBlocks * kQK_K));
-  const uint8_t* g = PackOneKQuantGroup(arena, TensorType::kIQ4_XS, rows, kBlocks);
+  const NumberedGroup<BlockIQ4_XS> packed(TensorType::kIQ4_XS, kBlocks);
+  const uint8_t* g = packed.group;
   ASSERT_NE(g, nullptr);
   EXPECT_EQ(PackedGroupBytes(TensorType::kIQ4_XS, kBlocks * kQK_K), kBlocks * kPackRows * sizeof(BlockIQ4_XS))
       << "the file's bytes, rearranged";
